@@ -1,0 +1,552 @@
+"""The Transformer from "Attention Is All You Need" (Vaswani et al., 2017) as a Hugging Face model.
+
+Section (§) and equation numbers refer to the paper (arXiv:1706.03762). The classes follow its structure:
+`SinusoidalPositionalEncoding` (§3.5), `MultiHeadAttention` (§3.2), `PositionwiseFeedForward` (§3.3),
+`SublayerConnection` (§3.1), `EncoderLayer`/`DecoderLayer` and their stacks (§3.1), the shared embeddings and
+pre-softmax projection (§3.4), and the label-smoothed loss (§5.4). This file imports only torch, transformers and
+its configuration, so that a saved model folder carries it as remote code.
+"""
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
+from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import (
+    BaseModelOutput,
+    BaseModelOutputWithPastAndCrossAttentions,
+    Seq2SeqLMOutput,
+    Seq2SeqModelOutput,
+)
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import can_return_tuple
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
+
+from .configuration_vanilla_transformer import VanillaTransformerConfig
+
+
+def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
+    """The decoder input is the target "offset by one position" (§3.1), starting with the decoder start token."""
+    decoder_input_ids = labels.new_full(labels.shape, pad_token_id)
+    decoder_input_ids[:, 1:] = labels[:, :-1]
+    decoder_input_ids[:, 0] = decoder_start_token_id
+    return decoder_input_ids.masked_fill_(decoder_input_ids == -100, pad_token_id)
+
+
+def scaled_dot_product_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 1: Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V; the eager path, which also returns the weights."""
+    scores = torch.matmul(query, key.transpose(-2, -1)) * scaling  # (B, h, T, S)
+    if attention_mask is not None:
+        scores = scores + attention_mask  # 0 where allowed, the dtype's minimum where masked
+    weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    output = torch.matmul(F.dropout(weights, p=dropout, training=module.training), value)  # (B, h, T, d_k)
+    return output.transpose(1, 2).contiguous(), weights  # (B, T, h, d_k)
+
+
+class SinusoidalPositionalEncoding(nn.Module):
+    """§3.5: PE(pos, 2i) = sin(pos / 10000^(2i/d_model)), PE(pos, 2i+1) = cos(pos / 10000^(2i/d_model))."""
+
+    def __init__(self, d_model: int):
+        super().__init__()
+        self.d_model = d_model
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        exponents = torch.arange(0, self.d_model, 2, device=positions.device, dtype=torch.float32) / self.d_model
+        angles = positions.float()[:, None] / 10000.0**exponents  # (T, d_model/2)
+        return torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(-2)  # (T, d_model), sin and cos interleaved
+
+
+class MultiHeadAttention(nn.Module):
+    """§3.2.2: MultiHead(Q, K, V) = Concat(head_1, ..., head_h) W^O, head_i = Attention(Q W_i^Q, K W_i^K, V W_i^V).
+
+    Self-attention takes queries, keys and values from `hidden_states`; encoder-decoder attention (§3.2.3) takes
+    keys and values from `key_value_states`, the encoder output, which the cache projects once per `generate`.
+    """
+
+    def __init__(self, config: VanillaTransformerConfig, num_heads: int, is_causal: bool = False, layer_idx=None):
+        super().__init__()
+        self.config = config
+        self.num_heads = num_heads
+        self.head_dim = config.d_model // num_heads  # d_k = d_v = d_model / h
+        self.scaling = self.head_dim**-0.5  # 1 / sqrt(d_k)
+        self.dropout = config.attention_dropout
+        self.is_causal = is_causal
+        self.layer_idx = layer_idx
+        self.q_proj = nn.Linear(config.d_model, config.d_model)  # W^Q of all heads
+        self.kv_proj = nn.Linear(config.d_model, 2 * config.d_model)  # W^K and W^V of all heads, fused
+        self.out_proj = nn.Linear(config.d_model, config.d_model)  # W^O
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        key_value_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: EncoderDecoderCache | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch_size, length, _ = hidden_states.shape
+        query = self.q_proj(hidden_states).view(batch_size, length, self.num_heads, self.head_dim).transpose(1, 2)
+
+        is_cross_attention = key_value_states is not None
+        cache = None
+        if past_key_values is not None:
+            cache = past_key_values.cross_attention_cache if is_cross_attention else past_key_values.self_attention_cache
+        if is_cross_attention and cache is not None and past_key_values.is_updated.get(self.layer_idx):
+            key, value = cache.layers[self.layer_idx].keys, cache.layers[self.layer_idx].values
+        else:
+            source = key_value_states if is_cross_attention else hidden_states
+            key_value = self.kv_proj(source).view(batch_size, -1, 2, self.num_heads, self.head_dim)  # (B, S, 2, h, d_k)
+            key, value = key_value.permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (B, h, S, d_k)
+            if cache is not None:
+                key, value = cache.update(key, value, self.layer_idx)
+                if is_cross_attention:
+                    past_key_values.is_updated[self.layer_idx] = True
+
+        attention: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, scaled_dot_product_attention
+        )
+        output, weights = attention(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=self.dropout if self.training else 0.0,
+            scaling=self.scaling,
+            **kwargs,
+        )
+        output = output.reshape(batch_size, length, -1)  # Concat(head_1, ..., head_h): (B, T, d_model)
+        return self.out_proj(output), weights
+
+
+class PositionwiseFeedForward(nn.Module):
+    """Eq. 2: FFN(x) = max(0, x W_1 + b_1) W_2 + b_2, applied to each position separately (§3.3)."""
+
+    def __init__(self, config: VanillaTransformerConfig, ffn_dim: int):
+        super().__init__()
+        self.fc1 = nn.Linear(config.d_model, ffn_dim)  # W_1, b_1
+        self.fc2 = nn.Linear(ffn_dim, config.d_model)  # W_2, b_2
+        self.activation = ACT2FN[config.activation_function]
+        self.dropout = nn.Dropout(config.activation_dropout)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.dropout(self.activation(self.fc1(hidden_states))))
+
+
+class SublayerConnection(nn.Module):
+    """§3.1 and §5.4: LayerNorm(x + Dropout(Sublayer(x))), or x + Dropout(Sublayer(LayerNorm(x))) when pre-LN."""
+
+    def __init__(self, config: VanillaTransformerConfig):
+        super().__init__()
+        self.norm = nn.LayerNorm(config.d_model)
+        self.dropout = nn.Dropout(config.dropout)
+        self.normalize_before = config.normalize_before
+
+    def forward(self, x: torch.Tensor, sublayer: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        if self.normalize_before:
+            return x + self.dropout(sublayer(self.norm(x)))
+        return self.norm(x + self.dropout(sublayer(x)))
+
+
+class EncoderLayer(GradientCheckpointingLayer):
+    """§3.1: multi-head self-attention, then a position-wise feed-forward network."""
+
+    def __init__(self, config: VanillaTransformerConfig):
+        super().__init__()
+        self.self_attn = MultiHeadAttention(config, config.encoder_attention_heads)
+        self.feed_forward = PositionwiseFeedForward(config, config.encoder_ffn_dim)
+        self.self_attn_sublayer = SublayerConnection(config)
+        self.feed_forward_sublayer = SublayerConnection(config)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, **kwargs) -> torch.Tensor:
+        hidden_states = self.self_attn_sublayer(
+            hidden_states, lambda x: self.self_attn(x, attention_mask=attention_mask, **kwargs)[0]
+        )
+        return self.feed_forward_sublayer(hidden_states, self.feed_forward)
+
+
+class DecoderLayer(GradientCheckpointingLayer):
+    """§3.1: masked self-attention, encoder-decoder attention, then a position-wise feed-forward network."""
+
+    def __init__(self, config: VanillaTransformerConfig, layer_idx: int):
+        super().__init__()
+        self.self_attn = MultiHeadAttention(config, config.decoder_attention_heads, is_causal=True, layer_idx=layer_idx)
+        self.encoder_attn = MultiHeadAttention(config, config.decoder_attention_heads, layer_idx=layer_idx)
+        self.feed_forward = PositionwiseFeedForward(config, config.decoder_ffn_dim)
+        self.self_attn_sublayer = SublayerConnection(config)
+        self.encoder_attn_sublayer = SublayerConnection(config)
+        self.feed_forward_sublayer = SublayerConnection(config)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        encoder_hidden_states: torch.Tensor,
+        encoder_attention_mask: torch.Tensor | None,
+        past_key_values: EncoderDecoderCache | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        hidden_states = self.self_attn_sublayer(
+            hidden_states,
+            lambda x: self.self_attn(x, attention_mask=attention_mask, past_key_values=past_key_values, **kwargs)[0],
+        )
+        hidden_states = self.encoder_attn_sublayer(
+            hidden_states,
+            lambda x: self.encoder_attn(
+                x,
+                key_value_states=encoder_hidden_states,
+                attention_mask=encoder_attention_mask,
+                past_key_values=past_key_values,
+                **kwargs,
+            )[0],
+        )
+        return self.feed_forward_sublayer(hidden_states, self.feed_forward)
+
+
+class VanillaTransformerPreTrainedModel(PreTrainedModel):
+    config: VanillaTransformerConfig
+    config_class = VanillaTransformerConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["EncoderLayer", "DecoderLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module):
+        """Embeddings ~ N(0, init_std²) with init_std = d_model^-0.5 by default, so that sqrt(d_model)-scaled
+        embeddings (§3.4) have unit variance; linear layers Glorot-uniform; LayerNorm the identity."""
+        if isinstance(module, nn.Linear):
+            init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=self.config.init_std)
+            if module.padding_idx is not None and not getattr(module.weight, "_is_hf_initialized", False):
+                init.zeros_(module.weight[module.padding_idx])
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+
+    def _resize_token_embeddings(self, new_num_tokens, pad_to_multiple_of=None, mean_resizing=True):
+        """Resize the target embedding too when it is not shared with the source (one vocabulary, §5.1)."""
+        embeddings = super()._resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        decoder = self.base_model.decoder
+        if decoder.embed_tokens is not embeddings:
+            decoder.embed_tokens = self._get_resized_embeddings(
+                decoder.embed_tokens, embeddings.num_embeddings, mean_resizing=mean_resizing
+            )
+        return embeddings
+
+
+class VanillaTransformerStack(VanillaTransformerPreTrainedModel):
+    """What encoder and decoder share: the embedded input (§3.4–3.5), N layers, and pre-LN's final LayerNorm."""
+
+    def __init__(self, config: VanillaTransformerConfig, embed_tokens: nn.Embedding, layers: list[nn.Module]):
+        super().__init__(config)
+        self.embed_tokens = embed_tokens
+        self.embed_positions = SinusoidalPositionalEncoding(config.d_model)
+        self.dropout = nn.Dropout(config.dropout)
+        self.layers = nn.ModuleList(layers)
+        self.layer_norm = nn.LayerNorm(config.d_model) if config.normalize_before else None
+        self.post_init()
+
+    def embed(self, inputs_embeds: torch.Tensor, past_length: int) -> torch.Tensor:
+        """§3.4–3.5: sqrt(d_model) · embeddings + positional encodings, then dropout (§5.4)."""
+        length = inputs_embeds.shape[1]
+        if length == 0:
+            raise ValueError("The input sequence is empty: pass at least one token")
+        if past_length + length > self.config.max_position_embeddings:
+            raise ValueError(
+                f"The sequence has {past_length + length} positions, more than max_position_embeddings="
+                f"{self.config.max_position_embeddings}; truncate the input (e.g. `tokenizer(..., truncation=True)`)"
+            )
+        positions = torch.arange(past_length, past_length + length, device=inputs_embeds.device)
+        scale = math.sqrt(self.config.d_model) if self.config.scale_embedding else 1.0
+        hidden_states = inputs_embeds * scale + self.embed_positions(positions).to(inputs_embeds.dtype)
+        return self.dropout(hidden_states)
+
+
+class VanillaTransformerEncoder(VanillaTransformerStack):
+    """§3.1: a stack of N identical `EncoderLayer`s over the embedded source."""
+
+    _can_record_outputs = {"hidden_states": EncoderLayer, "attentions": MultiHeadAttention}
+
+    def __init__(self, config: VanillaTransformerConfig, embed_tokens: nn.Embedding):
+        super().__init__(config, embed_tokens, [EncoderLayer(config) for _ in range(config.encoder_layers)])
+
+    @capture_outputs
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        **kwargs,
+    ) -> BaseModelOutput:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`")
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        hidden_states = self.embed(inputs_embeds, past_length=0)
+        attention_mask = create_bidirectional_mask(
+            config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask
+        )
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, attention_mask, **kwargs)
+        if self.layer_norm is not None:
+            hidden_states = self.layer_norm(hidden_states)
+        return BaseModelOutput(last_hidden_state=hidden_states)
+
+
+class VanillaTransformerDecoder(VanillaTransformerStack):
+    """§3.1: a stack of N identical `DecoderLayer`s; position i attends to the outputs before i only."""
+
+    _can_record_outputs = {
+        "hidden_states": DecoderLayer,
+        "attentions": OutputRecorder(MultiHeadAttention, index=1, layer_name="self_attn"),
+        "cross_attentions": OutputRecorder(MultiHeadAttention, index=1, layer_name="encoder_attn"),
+    }
+
+    def __init__(self, config: VanillaTransformerConfig, embed_tokens: nn.Embedding):
+        layers = [DecoderLayer(config, layer_idx=i) for i in range(config.decoder_layers)]
+        super().__init__(config, embed_tokens, layers)
+
+    @capture_outputs
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPastAndCrossAttentions:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of `decoder_input_ids` or `decoder_inputs_embeds`")
+        if encoder_hidden_states is None:
+            raise ValueError("The decoder attends to the encoder output: pass `encoder_hidden_states`")
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if use_cache and past_key_values is None:
+            past_key_values = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        if past_key_values is not None and not isinstance(past_key_values, EncoderDecoderCache):
+            raise TypeError(f"`past_key_values` must be an EncoderDecoderCache, got {type(past_key_values).__name__}")
+        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+
+        hidden_states = self.embed(inputs_embeds, past_length)
+        self_attention_mask = create_causal_mask(
+            config=self.config,
+            inputs_embeds=hidden_states,
+            attention_mask=attention_mask,
+            past_key_values=past_key_values.self_attention_cache if past_key_values is not None else None,
+        )
+        encoder_attention_mask = create_bidirectional_mask(
+            config=self.config,
+            inputs_embeds=hidden_states,
+            attention_mask=encoder_attention_mask,
+            encoder_hidden_states=encoder_hidden_states,
+        )
+        for layer in self.layers:
+            hidden_states = layer(
+                hidden_states,
+                self_attention_mask,
+                encoder_hidden_states,
+                encoder_attention_mask,
+                past_key_values=past_key_values,
+                **kwargs,
+            )
+        if self.layer_norm is not None:
+            hidden_states = self.layer_norm(hidden_states)
+        return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=hidden_states, past_key_values=past_key_values)
+
+
+class VanillaTransformerModel(VanillaTransformerPreTrainedModel):
+    """The encoder-decoder of Figure 1 without the output projection; returns the decoder's last hidden state."""
+
+    def __init__(self, config: VanillaTransformerConfig):
+        super().__init__(config)
+        source_embeddings = nn.Embedding(config.vocab_size, config.d_model, config.pad_token_id)
+        if config.share_encoder_decoder_embeddings:
+            target_embeddings = source_embeddings  # "the same weight matrix between the two embedding layers" (§3.4)
+            self._tied_weights_keys = {"decoder.embed_tokens.weight": "encoder.embed_tokens.weight"}
+        else:
+            target_embeddings = nn.Embedding(config.vocab_size, config.d_model, config.pad_token_id)
+        self.encoder = VanillaTransformerEncoder(config, source_embeddings)
+        self.decoder = VanillaTransformerDecoder(config, target_embeddings)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.encoder.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding):
+        self.encoder.embed_tokens = value
+        if self.config.share_encoder_decoder_embeddings:
+            self.decoder.embed_tokens = value
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        encoder_outputs: tuple | BaseModelOutput | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        decoder_inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> Seq2SeqModelOutput:
+        if encoder_outputs is None:
+            encoder_outputs = self.encoder(
+                input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
+            )
+        elif not isinstance(encoder_outputs, BaseModelOutput):
+            encoder_outputs = BaseModelOutput(*encoder_outputs)
+        decoder_outputs = self.decoder(
+            input_ids=decoder_input_ids,
+            attention_mask=decoder_attention_mask,
+            encoder_hidden_states=encoder_outputs.last_hidden_state,
+            encoder_attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            inputs_embeds=decoder_inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        return Seq2SeqModelOutput(
+            last_hidden_state=decoder_outputs.last_hidden_state,
+            past_key_values=decoder_outputs.past_key_values,
+            decoder_hidden_states=decoder_outputs.hidden_states,
+            decoder_attentions=decoder_outputs.attentions,
+            cross_attentions=decoder_outputs.cross_attentions,
+            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
+            encoder_hidden_states=encoder_outputs.hidden_states,
+            encoder_attentions=encoder_outputs.attentions,
+        )
+
+
+class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedModel, GenerationMixin):
+    """The whole model of Figure 1: encoder-decoder, pre-softmax linear projection, label-smoothed loss.
+
+    `generate` defaults to the paper's decoding (§6.1): beam size 4, length penalty 0.6, and at most source
+    length + 50 output tokens when the caller sets no length limit.
+    """
+
+    def __init__(self, config: VanillaTransformerConfig):
+        super().__init__(config)
+        self.model = VanillaTransformerModel(config)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)  # the pre-softmax projection
+        target_embeddings = "decoder" if not config.share_encoder_decoder_embeddings else "encoder"
+        self._tied_weights_keys = {"lm_head.weight": f"model.{target_embeddings}.embed_tokens.weight"}
+        self.post_init()
+        self.generation_config.num_beams = 4
+        self.generation_config.length_penalty = 0.6
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        encoder_outputs: tuple | BaseModelOutput | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        decoder_inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        num_items_in_batch: int | torch.Tensor | None = None,
+        **kwargs,
+    ) -> Seq2SeqLMOutput:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size, target_length)`, *optional*):
+            Target token ids; -100 marks positions without loss. When `decoder_input_ids` are not given they are the
+            labels shifted right, starting with `config.decoder_start_token_id`.
+        num_items_in_batch (`int`, *optional*):
+            Divide the summed loss by this number of target tokens instead of averaging over this batch's tokens
+            (gradient accumulation and data parallelism pass the count of the whole optimizer step).
+        """
+        if labels is not None:
+            use_cache = False
+            if decoder_input_ids is None and decoder_inputs_embeds is None:
+                decoder_input_ids = shift_tokens_right(
+                    labels, self.config.pad_token_id, self.config.decoder_start_token_id
+                )
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            decoder_input_ids=decoder_input_ids,
+            decoder_attention_mask=decoder_attention_mask,
+            encoder_outputs=encoder_outputs,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            decoder_inputs_embeds=decoder_inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        logits = self.lm_head(outputs.last_hidden_state)
+
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(  # §5.4: label smoothing of value ε_ls
+                logits.float().flatten(0, 1),
+                labels.to(logits.device).flatten(),
+                ignore_index=-100,
+                label_smoothing=self.config.label_smoothing,
+                reduction="mean" if num_items_in_batch is None else "sum",
+            )
+            if num_items_in_batch is not None:
+                loss = loss / num_items_in_batch
+        return Seq2SeqLMOutput(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            decoder_hidden_states=outputs.decoder_hidden_states,
+            decoder_attentions=outputs.decoder_attentions,
+            cross_attentions=outputs.cross_attentions,
+            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
+            encoder_hidden_states=outputs.encoder_hidden_states,
+            encoder_attentions=outputs.encoder_attentions,
+        )
+
+    def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
+
+    def generate(self, inputs: torch.Tensor | None = None, generation_config=None, **kwargs):
+        """`GenerationMixin.generate`; with no length limit given, at most source length + 50 new tokens (§6.1)."""
+        config = generation_config if generation_config is not None else self.generation_config
+        limits = (kwargs.get("max_length"), kwargs.get("max_new_tokens"), config.max_length, config.max_new_tokens)
+        source = inputs if inputs is not None else kwargs.get("input_ids", kwargs.get("inputs_embeds"))
+        if all(limit is None for limit in limits) and source is not None:
+            mask = kwargs.get("attention_mask")
+            source_length = int(mask.sum(-1).max()) if mask is not None else source.shape[1]
+            kwargs["max_new_tokens"] = min(source_length + 50, self.config.max_position_embeddings - 1)
+        return super().generate(inputs, generation_config, **kwargs)
+
+
+__all__ = [
+    "VanillaTransformerForConditionalGeneration",
+    "VanillaTransformerModel",
+    "VanillaTransformerPreTrainedModel",
+]

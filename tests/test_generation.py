@@ -1,0 +1,59 @@
+import pytest
+import torch
+from conftest import tiny_config
+
+from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration
+
+
+def test_default_generation_config_is_the_papers(model):
+    assert model.generation_config.num_beams == 4
+    assert model.generation_config.length_penalty == 0.6
+    assert model.generation_config.decoder_start_token_id == 1
+    assert model.generation_config.eos_token_id == 2
+
+
+def test_output_limit_is_source_length_plus_50(model):
+    """§6.1: "maximum output length ... input length + 50"; EOS is suppressed so that the limit is reached."""
+    source = torch.tensor([[11, 12, 13, 14, 15, 16, 2], [21, 22, 23, 2, 0, 0, 0]])
+    mask = (source != 0).long()
+    output = model.generate(input_ids=source, attention_mask=mask, num_beams=1, suppress_tokens=[2])
+    assert output.shape[1] == 1 + 7 + 50  # decoder start + (longest source + 50) new tokens
+    shorter = model.generate(input_ids=source[1:, :4], num_beams=1, suppress_tokens=[2])
+    assert shorter.shape[1] == 1 + 4 + 50
+    capped = model.generate(input_ids=source, attention_mask=mask, num_beams=1, suppress_tokens=[2], max_new_tokens=5)
+    assert capped.shape[1] == 1 + 5
+
+
+def test_beam_search_returns_sequences_sorted_by_score(model):
+    source = torch.tensor([[11, 12, 13, 14, 2], [21, 22, 23, 2, 0]])
+    output = model.generate(input_ids=source, attention_mask=(source != 0).long(), num_beams=4,
+                            num_return_sequences=3, max_new_tokens=8, output_scores=True,
+                            return_dict_in_generate=True)
+    assert output.sequences.shape[0] == 6
+    scores = output.sequences_scores.view(2, 3)
+    assert torch.all(scores[:, :-1] >= scores[:, 1:])
+    assert len({tuple(s) for s in output.sequences[:3].tolist()}) == 3  # distinct hypotheses
+
+
+def test_greedy_beam_and_sampling_all_decode(model):
+    source = torch.tensor([[11, 12, 13, 14, 2]])
+    greedy = model.generate(input_ids=source, num_beams=1, max_new_tokens=6)
+    beam = model.generate(input_ids=source, max_new_tokens=6)
+    torch.manual_seed(3)
+    sampled = model.generate(input_ids=source, num_beams=1, do_sample=True, top_k=50, max_new_tokens=6)
+    torch.manual_seed(3)
+    resampled = model.generate(input_ids=source, num_beams=1, do_sample=True, top_k=50, max_new_tokens=6)
+    for output in (greedy, beam, sampled):
+        assert output[0, 0].item() == 1 and output.max().item() < 600
+    assert torch.equal(sampled, resampled)
+
+
+def test_greedy_decoding_picks_the_most_likely_token_each_step():
+    torch.manual_seed(1)
+    model = VanillaTransformerForConditionalGeneration(tiny_config()).eval()
+    source = torch.tensor([[11, 12, 13, 14, 2]])
+    output = model.generate(input_ids=source, num_beams=1, max_new_tokens=5, suppress_tokens=[2])
+    with torch.no_grad():
+        logits = model(input_ids=source, decoder_input_ids=output[:, :-1]).logits
+    logits[..., 2] = float("-inf")
+    assert torch.equal(logits.argmax(-1)[0], output[0, 1:])

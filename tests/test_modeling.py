@@ -1,0 +1,281 @@
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import run_python, tiny_config
+from safetensors.torch import load_file
+from transformers import AutoModel, AutoModelForSeq2SeqLM, EncoderDecoderCache
+from transformers.modeling_outputs import Seq2SeqLMOutput
+
+from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration, VanillaTransformerModel
+from hf_vanilla_transformer.modeling_vanilla_transformer import SinusoidalPositionalEncoding, shift_tokens_right
+
+
+def batch(seed=0, batch_size=3, source_length=9, target_length=7, vocab=600):
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(4, vocab, (batch_size, source_length), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, source_length - 3 :] = 0  # the second source is 3 tokens shorter
+    input_ids = input_ids.masked_fill(attention_mask == 0, 0)
+    decoder_input_ids = torch.randint(4, vocab, (batch_size, target_length), generator=generator)
+    decoder_input_ids[:, 0] = 1
+    return input_ids, attention_mask, decoder_input_ids
+
+
+def test_positional_encoding_is_the_papers_interleaved_sinusoid():
+    encoding = SinusoidalPositionalEncoding(8)(torch.arange(5))
+    for pos in range(5):
+        for i in range(4):
+            angle = pos / 10000 ** (2 * i / 8)
+            assert encoding[pos, 2 * i].item() == pytest.approx(torch.tensor(angle).sin().item(), abs=1e-6)
+            assert encoding[pos, 2 * i + 1].item() == pytest.approx(torch.tensor(angle).cos().item(), abs=1e-6)
+
+
+def test_forward_returns_seq2seq_output_and_tuples(model):
+    input_ids, attention_mask, decoder_input_ids = batch()
+    output = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids)
+    assert isinstance(output, Seq2SeqLMOutput)
+    assert output.logits.shape == (3, 7, 600)
+    assert output.encoder_last_hidden_state.shape == (3, 9, 32)
+    as_tuple = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
+                     return_dict=False)
+    assert isinstance(as_tuple, tuple) and torch.equal(as_tuple[0], output.logits)
+    assert model.get_encoder() is model.model.encoder
+
+
+def test_embeddings_are_shared_tied_and_scaled(model):
+    encoder, decoder = model.model.encoder, model.model.decoder
+    assert decoder.embed_tokens is encoder.embed_tokens
+    assert model.lm_head.weight is encoder.embed_tokens.weight
+    assert model.model.encoder.embed_tokens.weight.std().item() == pytest.approx(32**-0.5, rel=0.1)
+    input_ids, attention_mask, decoder_input_ids = batch()
+    embeddings = encoder.embed_tokens(input_ids)
+    from_ids = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids).logits
+    from_embeds = model(inputs_embeds=embeddings, attention_mask=attention_mask,
+                        decoder_inputs_embeds=decoder.embed_tokens(decoder_input_ids)).logits
+    torch.testing.assert_close(from_embeds, from_ids)
+
+
+@pytest.mark.parametrize("normalize_before", [False, True])
+def test_incremental_decoding_with_cache_equals_full_forward(normalize_before):
+    torch.manual_seed(0)
+    model = VanillaTransformerForConditionalGeneration(tiny_config(normalize_before=normalize_before)).eval()
+    input_ids, attention_mask, decoder_input_ids = batch()
+    with torch.no_grad():
+        full = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids).logits
+        encoder_outputs = model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask)
+        cache = None
+        for t in range(decoder_input_ids.shape[1]):
+            step = model(encoder_outputs=encoder_outputs, attention_mask=attention_mask,
+                         decoder_input_ids=decoder_input_ids[:, t : t + 1], past_key_values=cache, use_cache=True)
+            cache = step.past_key_values
+            assert isinstance(cache, EncoderDecoderCache)
+            assert (step.logits[:, 0] - full[:, t]).abs().max().item() <= 1e-5
+    assert cache.get_seq_length() == decoder_input_ids.shape[1]
+    assert cache.cross_attention_cache.get_seq_length() == input_ids.shape[1]  # projected once, kept
+
+
+@pytest.mark.parametrize("num_beams", [1, 4])
+def test_generate_with_and_without_cache_agree(model, num_beams):
+    input_ids, attention_mask, _ = batch()
+    kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, num_beams=num_beams, max_new_tokens=12)
+    assert torch.equal(model.generate(**kwargs, use_cache=True), model.generate(**kwargs, use_cache=False))
+
+
+def test_padding_changes_neither_encoder_nor_decoder_outputs(model):
+    short, long = torch.tensor([[17, 42, 99, 2]]), torch.tensor([[5, 6, 7, 8, 9, 10, 2]])
+    target_short, target_long = torch.tensor([[1, 30, 31]]), torch.tensor([[1, 40, 41, 42, 43]])
+    padded = torch.tensor([[17, 42, 99, 2, 0, 0, 0], [5, 6, 7, 8, 9, 10, 2]])
+    mask = (padded != 0).long()
+    padded_target = torch.tensor([[1, 30, 31, 0, 0], [1, 40, 41, 42, 43]])
+    target_mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    with torch.no_grad():
+        alone = model(input_ids=short, decoder_input_ids=target_short)
+        together = model(input_ids=padded, attention_mask=mask, decoder_input_ids=padded_target,
+                         decoder_attention_mask=target_mask)
+        alone_long = model(input_ids=long, decoder_input_ids=target_long)
+    torch.testing.assert_close(together.encoder_last_hidden_state[0, :4], alone.encoder_last_hidden_state[0])
+    torch.testing.assert_close(together.logits[0, :3], alone.logits[0])
+    torch.testing.assert_close(together.logits[1], alone_long.logits[0])
+
+
+def test_causal_mask_hides_the_future(model):
+    input_ids, attention_mask, decoder_input_ids = batch()
+    changed = decoder_input_ids.clone()
+    changed[:, 4] = (changed[:, 4] + 1) % 600
+    with torch.no_grad():
+        before = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids).logits
+        after = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=changed).logits
+    assert torch.equal(before[:, :4], after[:, :4])
+    assert not torch.allclose(before[:, 4:], after[:, 4:])
+
+
+def test_sdpa_and_eager_attention_agree(model):
+    assert model.config._attn_implementation == "sdpa"
+    eager = VanillaTransformerForConditionalGeneration(tiny_config(attn_implementation="eager")).eval()
+    eager.load_state_dict(model.state_dict())
+    input_ids, attention_mask, decoder_input_ids = batch()
+    with torch.no_grad():
+        for m in (model, eager):
+            m.output = m(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids)
+    torch.testing.assert_close(model.output.logits, eager.output.logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model.output.encoder_last_hidden_state, eager.output.encoder_last_hidden_state,
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_attentions_and_hidden_states_are_returned_with_eager(model):
+    model.set_attn_implementation("eager")
+    input_ids, attention_mask, decoder_input_ids = batch()
+    with torch.no_grad():
+        output = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
+                       output_attentions=True, output_hidden_states=True)
+    assert len(output.encoder_attentions) == 2 and output.encoder_attentions[0].shape == (3, 4, 9, 9)
+    assert len(output.decoder_attentions) == 2 and output.decoder_attentions[0].shape == (3, 4, 7, 7)
+    assert len(output.cross_attentions) == 2 and output.cross_attentions[0].shape == (3, 4, 7, 9)
+    assert len(output.encoder_hidden_states) == 3 and len(output.decoder_hidden_states) == 3
+    for weights in output.encoder_attentions + output.decoder_attentions + output.cross_attentions:
+        torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:-1]))
+    assert torch.all(output.decoder_attentions[0].triu(diagonal=1) == 0)  # nothing attends to the future
+    assert torch.all(output.cross_attentions[0][1, :, :, -3:] == 0)  # nor to source padding
+    assert torch.all(output.encoder_attentions[0][1, :, :, -3:] == 0)
+
+
+def test_dropout_only_in_training_mode(model):
+    input_ids, attention_mask, decoder_input_ids = batch()
+    kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids)
+    with torch.no_grad():
+        assert torch.equal(model(**kwargs).logits, model(**kwargs).logits)
+        model.train()
+        assert not torch.equal(model(**kwargs).logits, model(**kwargs).logits)
+
+
+def test_label_smoothed_loss_matches_a_hand_computation(model):
+    input_ids, attention_mask, _ = batch()
+    labels = torch.tensor([[1, 5, 9, 2, -100], [7, 2, -100, -100, -100], [3, 3, 3, 3, 2]])
+    output = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+    log_probs = F.log_softmax(output.logits.double(), dim=-1)
+    epsilon, losses = model.config.label_smoothing, []
+    for b in range(3):
+        for t in range(5):
+            if labels[b, t] != -100:  # (1 - ε) · NLL + ε · mean over the vocabulary of -log p
+                losses.append((1 - epsilon) * -log_probs[b, t, labels[b, t]] - epsilon * log_probs[b, t].mean())
+    expected = torch.stack(losses).mean()
+    assert output.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    summed = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, num_items_in_batch=4).loss
+    assert summed.item() == pytest.approx(torch.stack(losses).sum().item() / 4, rel=1e-5)
+
+
+def test_labels_give_decoder_inputs_shifted_right(model):
+    labels = torch.tensor([[5, 6, 2, -100], [7, 2, -100, -100]])
+    assert shift_tokens_right(labels, 0, 1).tolist() == [[1, 5, 6, 2], [1, 7, 2, 0]]
+    input_ids, attention_mask, _ = batch(batch_size=2)
+    with_labels = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).logits
+    explicit = model(input_ids=input_ids, attention_mask=attention_mask,
+                     decoder_input_ids=model.prepare_decoder_input_ids_from_labels(labels)).logits
+    assert torch.equal(with_labels, explicit)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    def gradients(checkpointing):
+        torch.manual_seed(0)
+        model = VanillaTransformerForConditionalGeneration(tiny_config(dropout=0.0)).train()
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        input_ids, attention_mask, decoder_input_ids = batch()
+        model(input_ids=input_ids, attention_mask=attention_mask, labels=decoder_input_ids).loss.backward()
+        return {name: p.grad for name, p in model.named_parameters()}
+
+    plain, checkpointed = gradients(False), gradients(True)
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], msg=name)
+
+
+@pytest.mark.parametrize("share, tie", [(True, True), (True, False), (False, True), (False, False)])
+def test_save_load_is_bit_exact_and_keeps_the_ties(tmp_path, share, tie):
+    torch.manual_seed(0)
+    model = VanillaTransformerForConditionalGeneration(
+        tiny_config(share_encoder_decoder_embeddings=share, tie_word_embeddings=tie)
+    ).eval()
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file() and not list(tmp_path.glob("*.bin"))
+    loaded = AutoModelForSeq2SeqLM.from_pretrained(tmp_path).eval()
+    assert type(loaded) is VanillaTransformerForConditionalGeneration
+    original, reloaded = model.state_dict(), loaded.state_dict()
+    assert original.keys() == reloaded.keys()
+    assert all(torch.equal(original[k], reloaded[k]) for k in original)
+    assert (loaded.model.decoder.embed_tokens is loaded.model.encoder.embed_tokens) == share
+    assert (loaded.lm_head.weight is loaded.model.decoder.embed_tokens.weight) == tie
+    input_ids, attention_mask, decoder_input_ids = batch()
+    kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids)
+    assert torch.equal(model(**kwargs).logits, loaded(**kwargs).logits)
+    stored = load_file(tmp_path / "model.safetensors")
+    assert len(stored) == len({p.data_ptr() for p in model.parameters()})  # each shared matrix stored once
+
+
+@pytest.mark.parametrize("share, tie", [(True, True), (False, True), (False, False)])
+def test_resize_token_embeddings_keeps_the_ties(share, tie):
+    model = VanillaTransformerForConditionalGeneration(
+        tiny_config(share_encoder_decoder_embeddings=share, tie_word_embeddings=tie)
+    )
+    model.resize_token_embeddings(640)
+    encoder, decoder = model.model.encoder.embed_tokens, model.model.decoder.embed_tokens
+    assert encoder.num_embeddings == decoder.num_embeddings == model.lm_head.out_features == 640
+    assert model.config.vocab_size == 640
+    assert (decoder is encoder) == share
+    assert (model.lm_head.weight is decoder.weight) == tie
+    input_ids, attention_mask, decoder_input_ids = batch(vocab=640)
+    assert model(input_ids=input_ids, attention_mask=attention_mask, labels=decoder_input_ids).logits.shape[-1] == 640
+
+
+def test_bare_model_returns_decoder_states(tmp_path):
+    model = VanillaTransformerModel(tiny_config()).eval()
+    input_ids, attention_mask, decoder_input_ids = batch()
+    output = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids)
+    assert output.last_hidden_state.shape == (3, 7, 32)
+    model.save_pretrained(tmp_path)
+    assert type(AutoModel.from_pretrained(tmp_path)) is VanillaTransformerModel
+
+
+def test_empty_and_over_long_inputs_are_rejected(model):
+    with pytest.raises(ValueError, match="empty"):
+        model(input_ids=torch.zeros(1, 0, dtype=torch.long), decoder_input_ids=torch.ones(1, 1, dtype=torch.long))
+    with pytest.raises(ValueError, match="max_position_embeddings=128"):
+        model(input_ids=torch.ones(1, 129, dtype=torch.long), decoder_input_ids=torch.ones(1, 1, dtype=torch.long))
+    with pytest.raises(ValueError, match="exactly one"):
+        model(decoder_input_ids=torch.ones(1, 1, dtype=torch.long))
+
+
+def test_remote_code_loads_where_the_package_is_not_importable(tmp_path, model, tokenizer):
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForSeq2SeqLM"] == (
+        "modeling_vanilla_transformer.VanillaTransformerForConditionalGeneration"
+    )
+    assert {"modeling_vanilla_transformer.py", "configuration_vanilla_transformer.py"} <= {
+        p.name for p in folder.iterdir()
+    }
+    input_ids, attention_mask, decoder_input_ids = batch()
+    with torch.no_grad():
+        expected = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids)
+    code = f"""
+import torch
+try:
+    import hf_vanilla_transformer
+    raise SystemExit("the package is importable")
+except ImportError:
+    pass
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+model = AutoModelForSeq2SeqLM.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
+assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+tokenizer = AutoTokenizer.from_pretrained({str(folder)!r})
+with torch.no_grad():
+    logits = model(input_ids=torch.tensor({input_ids.tolist()}), attention_mask=torch.tensor({attention_mask.tolist()}),
+                   decoder_input_ids=torch.tensor({decoder_input_ids.tolist()})).logits
+torch.save(logits, "logits.pt")
+"""
+    result = run_python(code, tmp_path, block_package=True)
+    assert result.returncode == 0, result.stderr
+    assert torch.equal(torch.load(tmp_path / "logits.pt"), expected.logits)
