@@ -1,0 +1,106 @@
+"""Sharing a trained model on the Hugging Face Hub: the Hub-ready folder, its model card, and `push`.
+
+    python -m hf_vanilla_transformer.hub push --model DIR --repo_id user/name [--private] [--dry_run]
+
+A Hub-ready folder holds the model (safetensors, config with `auto_map` and `custom_pipelines`, generation config,
+the modeling, configuration and pipeline source), the tokenizer, `training_results.json` (the run's real numbers)
+and `README.md`, the model card rendered from `model_card.md` with those numbers.
+"""
+
+import argparse
+import json
+import string
+from pathlib import Path
+
+from huggingface_hub import CommitOperationAdd, HfApi
+
+from .pipeline_vanilla_transformer import TranslationPipeline
+
+MODEL_CARD_TEMPLATE = Path(__file__).with_name("model_card.md")
+RESULTS_NAME = "training_results.json"
+REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", RESULTS_NAME)
+
+
+def model_card_values(model) -> dict:
+    """What the model card says of the architecture, read off the model."""
+    config = model.config
+    return {
+        "source_lang": config.src_lang or "source",
+        "target_lang": config.tgt_lang or "target",
+        "encoder_layers": config.encoder_layers,
+        "decoder_layers": config.decoder_layers,
+        "d_model": config.d_model,
+        "ffn_dim": config.encoder_ffn_dim,
+        "heads": config.encoder_attention_heads,
+        "norm_position": "pre-LN" if config.normalize_before else "post-LN (as in the paper)",
+        "vocab_size": config.vocab_size,
+        "parameters": f"{model.num_parameters() / 1e6:.1f}M",
+    }
+
+
+def render_model_card(values: dict, template: str | Path = MODEL_CARD_TEMPLATE) -> str:
+    """`model_card.md` with its `${name}` fields filled from `values`; a missing value raises `KeyError`."""
+    values = {"repo_id": f"your-username/{values.get('model_name', 'model')}", **values}
+    return string.Template(Path(template).read_text()).substitute(values)
+
+
+def save_for_hub(folder: str | Path, model, tokenizer, results: dict) -> Path:
+    """Write the Hub-ready folder: model, tokenizer and translation pipeline (with their source), results, card."""
+    folder = Path(folder)
+    TranslationPipeline(model=model, tokenizer=tokenizer).save_pretrained(folder)
+    values = {**model_card_values(model), "model_name": folder.name, **results}
+    (folder / RESULTS_NAME).write_text(json.dumps(values, indent=2))
+    (folder / "README.md").write_text(render_model_card(values))
+    return folder
+
+
+def files_to_upload(folder: str | Path) -> list[str]:
+    """The folder's files, as paths relative to it, that `push` sends (hidden files stay behind)."""
+    folder = Path(folder)
+    missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{folder} is not a Hub-ready folder: {', '.join(missing)} missing")
+    files = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+    return sorted(f for f in files | {"README.md"} if not any(part.startswith(".") for part in f.split("/")))
+
+
+def push(folder: str | Path, repo_id: str, private: bool = False, dry_run: bool = False, token=None):
+    """Create `repo_id` on the Hub and upload the folder in one commit, the card rendered for `repo_id`.
+
+    Returns the uploaded file list and the card; with `dry_run`, only computes them.
+    """
+    folder = Path(folder)
+    files = files_to_upload(folder)
+    values = json.loads((folder / RESULTS_NAME).read_text())
+    card = render_model_card({**values, "model_name": repo_id.split("/")[-1], "repo_id": repo_id})
+    if not dry_run:
+        api = HfApi(token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        operations = [CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode())]
+        operations += [CommitOperationAdd(path_in_repo=f, path_or_fileobj=str(folder / f)) for f in files if f != "README.md"]
+        api.create_commit(repo_id, operations, commit_message=f"Upload {repo_id.split('/')[-1]}")
+    return files, card
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    push_parser = commands.add_parser("push", help="upload a Hub-ready folder to a Hub repository")
+    push_parser.add_argument("--model", required=True, help="the Hub-ready folder a training run wrote")
+    push_parser.add_argument("--repo_id", required=True, help="user/name or organisation/name")
+    push_parser.add_argument("--private", action="store_true")
+    push_parser.add_argument("--token", default=None, help="default: the token of `hf auth login`")
+    push_parser.add_argument("--dry_run", action="store_true", help="list the files and print the card; send nothing")
+    args = parser.parse_args(argv)
+
+    files, card = push(args.model, args.repo_id, args.private, args.dry_run, args.token)
+    if args.dry_run:
+        print(f"Would upload {len(files)} files to {args.repo_id}:")
+        print("\n".join(f"  {f}" for f in files))
+        print("\nREADME.md:\n" + card)
+    else:
+        print(f"Uploaded {len(files)} files: https://huggingface.co/{args.repo_id}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""The training recipe's pieces, in process: batching, schedule, checkpoints, averaging, BLEU, data loading."""
+
+import json
+
+import pytest
+import sacrebleu
+import torch
+from accelerate import Accelerator
+from conftest import MULTI30K, tiny_config
+from safetensors.torch import save_file
+
+from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration
+from hf_vanilla_transformer.metrics import bleu_compute_metrics, corpus_bleu, load_bleu
+from training import checkpoints
+from training.data import TokenBatchSampler, load_translation_dataset, tokenize
+from training.train import paper_optimizer
+
+
+def sampler_lengths(n=1000, seed=0):
+    return torch.randint(1, 40, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+@pytest.mark.parametrize("replicas, group", [(1, 1), (2, 1), (3, 2)])
+def test_token_batches_cover_every_example_once_per_epoch(replicas, group):
+    lengths = sampler_lengths()
+    samplers = [TokenBatchSampler(lengths, 500, seed=7, num_replicas=replicas, rank=r, group=group)
+                for r in range(replicas)]
+    for epoch in range(2):
+        per_rank = []
+        for sampler in samplers:
+            sampler.set_epoch(epoch)
+            per_rank.append(list(sampler))
+        assert len({len(batches) for batches in per_rank}) == 1  # every process runs the same number of steps
+        assert len(per_rank[0]) % group == 0
+        seen = sorted(i for batches in per_rank for batch in batches for i in batch)
+        assert seen == list(range(len(lengths)))  # nothing lost, nothing repeated
+        for batch in (b for batches in per_rank for b in batches):
+            assert len(batch) == 1 or len(batch) * max(lengths[i] for i in batch) <= 500
+    first, second = samplers[0].global_batches(0), samplers[0].global_batches(1)
+    assert first != second  # reshuffled every epoch
+    assert first == TokenBatchSampler(lengths, 500, seed=7, num_replicas=replicas, group=group).global_batches(0)
+
+
+def test_token_batches_group_examples_of_similar_length():
+    lengths = sampler_lengths(2000)
+    batches = TokenBatchSampler(lengths, 1000).global_batches(0)
+    spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
+    assert spread <= 2  # bucketing by length: little padding
+
+
+def test_resuming_mid_epoch_continues_the_same_batches():
+    sampler = TokenBatchSampler(sampler_lengths(), 500, seed=1, num_replicas=2, rank=1)
+    sampler.set_epoch(3)
+    full = list(sampler)
+    sampler.set_epoch(3, start=5)
+    assert list(sampler) == full[5:] and len(sampler) == len(full) - 5
+
+
+def test_learning_rate_schedule_matches_the_papers_formula():
+    model = VanillaTransformerForConditionalGeneration(tiny_config())
+    d_model, warmup = model.config.d_model, 40
+    for scale in (1.0, 2.5):
+        optimizer, scheduler = paper_optimizer(model, warmup, scale * d_model**-0.5 * warmup**-0.5)
+        assert optimizer.defaults["betas"] == (0.9, 0.98) and optimizer.defaults["eps"] == 1e-9
+        for step in range(1, 200):
+            optimizer.step()
+            scheduler.step()
+            expected = scale * d_model**-0.5 * min(step**-0.5, step * warmup**-1.5)
+            assert scheduler.get_last_lr()[0] == pytest.approx(expected, rel=1e-9)
+    default, _ = paper_optimizer(model, warmup)
+    assert default.defaults["lr"] == pytest.approx(d_model**-0.5 * warmup**-0.5)
+
+
+def test_averaging_checkpoints_is_the_mean_of_their_tensors(tmp_path):
+    tensors = [{"a": torch.randn(3, 4), "b": torch.randn(5).to(torch.bfloat16)} for _ in range(3)]
+    for i, weights in enumerate(tensors):
+        (tmp_path / str(i)).mkdir()
+        save_file(weights, tmp_path / str(i) / "model.safetensors")
+    average = checkpoints.average_checkpoints([tmp_path / str(i) for i in range(3)])
+    torch.testing.assert_close(average["a"], (tensors[0]["a"] + tensors[1]["a"] + tensors[2]["a"]) / 3)
+    assert average["b"].dtype == torch.bfloat16
+    expected_b = sum(t["b"].double() for t in tensors) / 3
+    torch.testing.assert_close(average["b"], expected_b.to(torch.bfloat16))
+    save_file({"a": torch.randn(3, 4)}, tmp_path / "0" / "model.safetensors")
+    with pytest.raises(ValueError, match="other tensors"):
+        checkpoints.average_checkpoints([tmp_path / "0", tmp_path / "1"])
+
+
+def test_checkpoints_are_atomic_verified_and_rotated(tmp_path):
+    accelerator = Accelerator(cpu=True)
+    model = accelerator.prepare(VanillaTransformerForConditionalGeneration(tiny_config()))
+    for step in (10, 20, 30):
+        checkpoints.save_checkpoint(accelerator, tmp_path, step, {"epoch": 0, "batches_done": step}, keep=2)
+    assert [p.name for p in checkpoints.checkpoint_dirs(tmp_path)] == ["step-00000020", "step-00000030"]
+    assert checkpoints.checkpoint_problem(tmp_path / "step-00000030") is None
+    (tmp_path / ".tmp-step-00000040").mkdir()  # what a run killed while writing leaves behind
+    assert [p.name for p in checkpoints.checkpoint_dirs(tmp_path)] == ["step-00000020", "step-00000030"]
+    weights = tmp_path / "step-00000030" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])  # truncated
+    assert "damaged" in checkpoints.checkpoint_problem(tmp_path / "step-00000030")
+    assert checkpoints.usable_checkpoints(tmp_path) == [tmp_path / "step-00000020"]
+    (tmp_path / "step-00000020" / "trainer_state.json").unlink()
+    assert "missing" in checkpoints.checkpoint_problem(tmp_path / "step-00000020")
+    assert checkpoints.usable_checkpoints(tmp_path) == []
+
+
+def test_bleu_of_a_perfect_translation_is_100_and_offline_equals_sacrebleu():
+    metric = load_bleu()
+    assert "sacrebleu" in type(metric).__module__.lower() or metric.name == "sacrebleu"
+    references = ["A dog runs across the grass.", "Two men are talking near a red car.", "A girl jumps."]
+    assert corpus_bleu(references, references, metric)["score"] == pytest.approx(100.0)
+    hypotheses = ["A dog is running on grass.", "Two men talk near a car.", "The girl jumps high."]
+    result = corpus_bleu(hypotheses, references, metric)
+    assert result["score"] == pytest.approx(sacrebleu.corpus_bleu(hypotheses, [references]).score)
+    assert result["signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp")
+
+
+def test_compute_metrics_for_seq2seq_trainer(tokenizer):
+    from transformers import EvalPrediction
+
+    texts = ["A dog runs across the grass.", "Two men are talking."]
+    labels = tokenizer(text_target=texts, padding=True, return_tensors="np")["input_ids"]
+    labels[labels == tokenizer.pad_token_id] = -100
+    metrics = bleu_compute_metrics(tokenizer)(EvalPrediction(predictions=labels.copy(), label_ids=labels))
+    assert metrics["bleu"] == pytest.approx(100.0) and metrics["gen_len"] > 0
+
+
+def test_embedded_multi30k_and_local_files_load(tmp_path, tokenizer):
+    splits = load_translation_dataset("de", "en")
+    assert {k: len(v) for k, v in splits.items()} == {"train": 29000, "validation": 1014, "test": 1000}
+    assert splits["test"][0]["translation"]["en"] == "A man in an orange hat starring at something."
+    (tmp_path / "pairs.tsv").write_text('Ein "Hund".\tA "dog".\nZwei Katzen.\tTwo cats.\n')
+    (tmp_path / "pairs.jsonl").write_text(json.dumps({"translation": {"de": "Ein Hund.", "en": "A dog."}}) + "\n")
+    tsv = load_translation_dataset("de", "en", train_file=str(tmp_path / "pairs.tsv"),
+                                   validation_file=str(tmp_path / "pairs.jsonl"))
+    assert tsv["train"][0]["translation"] == {"de": 'Ein "Hund".', "en": 'A "dog".'}
+    assert tsv["validation"][0]["translation"] == {"de": "Ein Hund.", "en": "A dog."}
+    prefix = tmp_path / "text"
+    (tmp_path / "text.de").write_text("Ein Hund.\nZwei Katzen.\n")
+    (tmp_path / "text.en").write_text("A dog.\n")
+    with pytest.raises(ValueError, match="line-aligned"):
+        load_translation_dataset("de", "en", train_file=str(prefix))
+    with pytest.raises(FileNotFoundError, match="text.fr"):
+        load_translation_dataset("de", "fr", train_file=str(prefix))
+    tokenized = tokenize(tsv["train"], tokenizer, "de", "en", max_length=64)
+    assert tokenized.column_names == ["input_ids", "attention_mask", "labels", "length"]
+    assert tokenized[0]["length"] == max(len(tokenized[0]["input_ids"]), len(tokenized[0]["labels"]))
+
+
+def test_multi30k_copy_is_complete():
+    for split in ("train", "val", "test_2016_flickr"):
+        for lang in ("de", "en", "fr"):
+            assert (MULTI30K / f"{split}.{lang}.gz").is_file()

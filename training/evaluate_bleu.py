@@ -1,0 +1,56 @@
+"""Translate a split with a saved model and print its sacreBLEU (§6.1: beam 4, length penalty 0.6).
+
+    python -m training.evaluate_bleu --model outputs/multi30k-de-en/model --split test
+"""
+
+import argparse
+import json
+
+from hf_vanilla_transformer.metrics import corpus_bleu
+from hf_vanilla_transformer.translate import load_translator, translate
+from training.data import load_translation_dataset
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="a saved model folder or a Hub repository id")
+    parser.add_argument("--split", default="test", help="train, validation or test")
+    parser.add_argument("--source_lang", default=None, help="default: the model's")
+    parser.add_argument("--target_lang", default=None, help="default: the model's")
+    parser.add_argument("--dataset_name", default=None, help="a Hub dataset; default: the embedded Multi30k")
+    parser.add_argument("--dataset_config_name", default=None)
+    parser.add_argument("--test_file", default=None, help="a local file for --split test (.tsv, .jsonl or a prefix)")
+    parser.add_argument("--max_samples", type=int, default=None)
+    parser.add_argument("--num_beams", type=int, default=4)
+    parser.add_argument("--length_penalty", type=float, default=0.6)
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--output_file", default=None, help="write the translations here, one a line")
+    args = parser.parse_args(argv)
+
+    model, tokenizer = load_translator(args.model, args.device)
+    source_lang = args.source_lang or model.config.src_lang
+    target_lang = args.target_lang or model.config.tgt_lang
+    if not (source_lang and target_lang):
+        parser.error("the model does not record its languages: pass --source_lang and --target_lang")
+    files = {"train_file": args.test_file, "test_file": args.test_file} if args.test_file else {}
+    splits = load_translation_dataset(source_lang, target_lang, args.dataset_name, args.dataset_config_name, **files)
+    if args.split not in splits:
+        parser.error(f"no split {args.split!r}; the data has {sorted(splits)}")
+    pairs = splits[args.split]["translation"][: args.max_samples]
+    sources, references = [p[source_lang] for p in pairs], [p[target_lang] for p in pairs]
+
+    hypotheses = translate(model, tokenizer, sources, args.batch_size, num_beams=args.num_beams,
+                           length_penalty=args.length_penalty)
+    bleu = corpus_bleu(hypotheses, references)
+    if args.output_file:
+        with open(args.output_file, "w", encoding="utf-8") as file:
+            file.write("\n".join(hypotheses) + "\n")
+    result = {"split": args.split, "sentences": len(sources), "bleu": round(bleu["score"], 2),
+              "signature": bleu["signature"], "num_beams": args.num_beams, "length_penalty": args.length_penalty}
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

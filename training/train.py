@@ -1,0 +1,387 @@
+"""Train the Transformer with the paper's recipe, anywhere Accelerate runs, and save a Hub-ready model.
+
+    python -m training.train                                      # the main job: Multi30k de→en on a CPU
+    accelerate launch --num_processes 8 -m training.train --config_name base --mixed_precision bf16 ...
+
+Multi-node, FSDP and DeepSpeed come from `accelerate config`, with no change here. The run writes, under
+`--output_dir`: `checkpoints/` (atomic, resumable), `tokenizer/`, `logs/` (JSONL, TensorBoard) and `model/`, the
+Hub-ready folder with the averaged final weights, the tokenizer, the model card and the learning curve.
+"""
+
+import argparse
+import logging
+import math
+import shutil
+import time
+from contextlib import nullcontext
+from itertools import islice
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object, set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq, get_inverse_sqrt_schedule
+
+from hf_vanilla_transformer import (
+    VanillaTransformerConfig,
+    VanillaTransformerForConditionalGeneration,
+    check_tokenizer_matches_model,
+    train_tokenizer,
+)
+from hf_vanilla_transformer.hub import save_for_hub
+from hf_vanilla_transformer.metrics import corpus_bleu, load_bleu
+from hf_vanilla_transformer.translate import translate
+from training import checkpoints
+from training.data import TokenBatchSampler, load_translation_dataset, tokenize
+from training.tracking import JSONLTracker, plot_learning_curve
+
+logger = logging.getLogger("training.train")
+
+PRESETS = {"tiny": VanillaTransformerConfig.tiny, "small": VanillaTransformerConfig.small,
+           "base": VanillaTransformerConfig.base, "big": VanillaTransformerConfig.big}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    model = parser.add_argument_group("model")
+    model.add_argument("--config_name", default="small", help=f"a preset ({', '.join(PRESETS)}) or a config.json path")
+    model.add_argument("--model_name_or_path", default=None, help="continue training a saved model")
+    model.add_argument("--tokenizer_name", default=None, help="a saved tokenizer; default: learn one on the data")
+    model.add_argument("--vocab_size", type=int, default=8000, help="size of a newly learned BPE vocabulary")
+    model.add_argument("--dropout", type=float, default=None, help="override the preset's dropout")
+    model.add_argument("--label_smoothing", type=float, default=0.1, help="ε_ls (§5.4)")
+    model.add_argument("--attn_implementation", default=None, help="sdpa (default), eager, flash_attention_2, ...")
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset_name", default=None, help="a Hub dataset; default: the embedded Multi30k")
+    data.add_argument("--dataset_config_name", default=None)
+    data.add_argument("--train_file", default=None, help=".tsv, .jsonl or a parallel-text prefix (PREFIX.de, PREFIX.en)")
+    data.add_argument("--validation_file", default=None)
+    data.add_argument("--test_file", default=None)
+    data.add_argument("--source_lang", default="de")
+    data.add_argument("--target_lang", default="en")
+    data.add_argument("--max_train_samples", type=int, default=None)
+    data.add_argument("--max_eval_samples", type=int, default=None)
+    optim = parser.add_argument_group("optimisation (§5)")
+    optim.add_argument("--num_train_epochs", type=float, default=10)
+    optim.add_argument("--max_steps", type=int, default=None, help="stop after this many steps (overrides epochs)")
+    optim.add_argument("--learning_rate", type=float, default=None,
+                       help="peak rate, reached after warmup; default: the paper's d_model^-0.5 · warmup^-0.5")
+    optim.add_argument("--warmup_steps", type=int, default=4000)
+    optim.add_argument("--max_tokens", type=int, default=4096, help="tokens per batch and process (§5.1: 25000)")
+    optim.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    optim.add_argument("--max_grad_norm", type=float, default=0.0, help="clip gradients to this norm; 0: no clipping")
+    optim.add_argument("--mixed_precision", default=None, choices=["no", "fp16", "bf16"],
+                       help="default: what `accelerate config` says, else none")
+    optim.add_argument("--seed", type=int, default=42)
+    ckpt = parser.add_argument_group("checkpoints")
+    ckpt.add_argument("--output_dir", default="outputs/multi30k-de-en")
+    ckpt.add_argument("--overwrite_output_dir", action="store_true", help="discard an earlier run's checkpoints")
+    ckpt.add_argument("--checkpointing_steps", type=int, default=500)
+    ckpt.add_argument("--keep_checkpoints", type=int, default=5)
+    ckpt.add_argument("--average_checkpoints", type=int, default=5,
+                      help="average the last N checkpoints for the final model (§6.1: 5 for base, 20 for big)")
+    ckpt.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint folder, or `latest`")
+    evaluation = parser.add_argument_group("evaluation")
+    evaluation.add_argument("--eval_steps", type=int, default=None, help="validate every N steps; default: per epoch")
+    evaluation.add_argument("--eval_bleu_samples", type=int, default=500,
+                            help="validation sentences translated (greedily) for the BLEU logged during training")
+    evaluation.add_argument("--eval_split", default="test", help="the split of the final BLEU (§6.1: newstest2014)")
+    evaluation.add_argument("--num_beams", type=int, default=4)
+    evaluation.add_argument("--length_penalty", type=float, default=0.6)
+    evaluation.add_argument("--logging_steps", type=int, default=20)
+    evaluation.add_argument("--with_tracking", action=argparse.BooleanOptionalAction, default=True,
+                            help="log to the trackers of --report_to besides the JSONL log")
+    evaluation.add_argument("--report_to", default="tensorboard", help="Accelerate trackers, e.g. tensorboard, wandb, all")
+    return parser.parse_args(argv)
+
+
+def build_model(args, tokenizer) -> VanillaTransformerForConditionalGeneration:
+    if args.model_name_or_path:
+        model = AutoModelForSeq2SeqLM.from_pretrained(args.model_name_or_path)
+        check_tokenizer_matches_model(tokenizer, model.config)
+        return model
+    overrides = dict(
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.bos_token_id,
+        label_smoothing=args.label_smoothing,
+        src_lang=args.source_lang,
+        tgt_lang=args.target_lang,
+    )
+    if args.dropout is not None:
+        overrides["dropout"] = args.dropout
+    if args.attn_implementation:
+        overrides["attn_implementation"] = args.attn_implementation
+    if args.config_name in PRESETS:
+        config = PRESETS[args.config_name](**overrides)
+    else:
+        config = VanillaTransformerConfig.from_pretrained(args.config_name, **overrides)
+    return VanillaTransformerForConditionalGeneration(config)
+
+
+def load_or_train_tokenizer(args, raw, output: Path):
+    saved = output / "tokenizer"
+    if args.tokenizer_name:
+        return AutoTokenizer.from_pretrained(args.tokenizer_name)
+    if (saved / "tokenizer.json").is_file():
+        return AutoTokenizer.from_pretrained(saved)
+    pairs = raw["train"]["translation"]
+    sentences = [p[args.source_lang] for p in pairs] + [p[args.target_lang] for p in pairs]
+    tokenizer = train_tokenizer(sentences, vocab_size=args.vocab_size)
+    tokenizer.save_pretrained(saved)
+    return tokenizer
+
+
+@torch.no_grad()
+def validation_loss(model, dataset, collator, accelerator, max_tokens: int) -> float:
+    """Label-smoothed cross-entropy per target token over the whole split, shared out among the processes."""
+    model.eval()
+    sampler = TokenBatchSampler(dataset["length"], max_tokens, num_replicas=accelerator.num_processes,
+                                rank=accelerator.process_index)
+    total = torch.zeros(2, device=accelerator.device)
+    for batch in DataLoader(dataset.remove_columns("length"), batch_sampler=sampler, collate_fn=collator):
+        batch = batch.to(accelerator.device)
+        tokens = (batch["labels"] != -100).sum()
+        total += torch.stack([model(**batch, num_items_in_batch=1).loss, tokens.float()])
+    model.train()
+    loss_sum, tokens = accelerator.reduce(total, "sum").tolist()
+    return loss_sum / tokens
+
+
+def translate_split(model, tokenizer, sources, accelerator, batch_size=64, **generate_kwargs) -> list[str]:
+    """Translations of `sources`, the processes sharing the work; every process gets all of them, in order."""
+    mine = translate(model, tokenizer, sources[accelerator.process_index :: accelerator.num_processes], batch_size,
+                     **generate_kwargs)
+    gathered = gather_object([mine])
+    return [gathered[i % len(gathered)][i // len(gathered)] for i in range(len(sources))]
+
+
+def paper_learning_rate(d_model: int, warmup_steps: int) -> float:
+    """The peak of §5.3's schedule, reached at step `warmup_steps`: d_model^-0.5 · warmup_steps^-0.5."""
+    return d_model**-0.5 * warmup_steps**-0.5
+
+
+def paper_optimizer(model, warmup_steps: int, learning_rate: float | None = None):
+    """§5.3: Adam with β1 = 0.9, β2 = 0.98, ε = 1e-9, and the learning rate
+    lrate = scale · d_model^-0.5 · min(step^-0.5, step · warmup_steps^-1.5), where the peak `learning_rate`
+    (default: the paper's) sets the scale."""
+    peak = learning_rate or paper_learning_rate(model.config.d_model, warmup_steps)
+    optimizer = torch.optim.Adam(model.parameters(), lr=peak, betas=(0.9, 0.98), eps=1e-9)
+    return optimizer, get_inverse_sqrt_schedule(optimizer, num_warmup_steps=warmup_steps, timescale=warmup_steps)
+
+
+def groups(iterable, size: int):
+    """Consecutive lists of `size` items (the last may be shorter): the micro-batches of each step."""
+    iterator = iter(iterable)
+    while group := list(islice(iterator, size)):
+        yield group
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    output = Path(args.output_dir)
+    trackers = [JSONLTracker(output / "logs" / "log.jsonl")]
+    if args.with_tracking:
+        trackers += args.report_to.split(",")
+    accelerator = Accelerator(mixed_precision=args.mixed_precision, log_with=trackers,
+                              project_dir=str(output / "logs"), step_scheduler_with_optimizer=False)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)  # "Removed shared tensor": the tied embeddings
+    if accelerator.is_main_process:
+        logging.getLogger("training").setLevel(logging.INFO)
+    logger.info("%s; %d process(es) on %s", accelerator.distributed_type, accelerator.num_processes, accelerator.device)
+    started = time.time()
+    set_seed(args.seed, device_specific=True)
+
+    checkpoint_root = output / "checkpoints"
+    if args.resume_from_checkpoint is None and checkpoints.checkpoint_dirs(checkpoint_root):
+        if not args.overwrite_output_dir:
+            raise SystemExit(f"{output} holds checkpoints of an earlier run: resume it with "
+                             "--resume_from_checkpoint latest, or pass --overwrite_output_dir to start afresh")
+        if accelerator.is_main_process:
+            shutil.rmtree(checkpoint_root)
+            shutil.rmtree(output / "tokenizer", ignore_errors=True)
+        accelerator.wait_for_everyone()
+
+    # Data and tokenizer: the main process prepares (and caches) them first, the others then load them.
+    with accelerator.main_process_first():
+        raw = load_translation_dataset(args.source_lang, args.target_lang, args.dataset_name,
+                                       args.dataset_config_name, args.train_file, args.validation_file, args.test_file)
+        if args.max_train_samples:
+            raw["train"] = raw["train"].select(range(min(args.max_train_samples, len(raw["train"]))))
+        for split in set(raw) - {"train"}:
+            if args.max_eval_samples:
+                raw[split] = raw[split].select(range(min(args.max_eval_samples, len(raw[split]))))
+        tokenizer = load_or_train_tokenizer(args, raw, output)
+        model = build_model(args, tokenizer)
+        max_length = model.config.max_position_embeddings
+        data = {split: tokenize(raw[split], tokenizer, args.source_lang, args.target_lang, max_length) for split in raw}
+    has_validation = "validation" in data
+
+    # §5.1: batches of about `max_tokens` tokens per process, by approximate length.
+    sampler = TokenBatchSampler(data["train"]["length"], args.max_tokens, args.seed, accelerator.num_processes,
+                                accelerator.process_index, args.gradient_accumulation_steps)
+    collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100,
+                                      pad_to_multiple_of=8 if accelerator.device.type == "cuda" else None)
+    # Its own generator keeps the loader from drawing on the global RNG, which resuming must replay exactly.
+    train_loader = DataLoader(data["train"].remove_columns("length"), batch_sampler=sampler, collate_fn=collator,
+                              generator=torch.Generator())
+    steps_per_epoch = len(sampler) // args.gradient_accumulation_steps
+    max_steps = args.max_steps or math.ceil(args.num_train_epochs * steps_per_epoch)
+
+    optimizer, scheduler = paper_optimizer(model, args.warmup_steps, args.learning_rate)
+    learning_rate, paper_peak = optimizer.defaults["lr"], paper_learning_rate(model.config.d_model, args.warmup_steps)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    unwrapped = accelerator.unwrap_model(model)
+
+    step, epoch, batches_done = 0, 0, 0
+    if args.resume_from_checkpoint:
+        step, epoch, batches_done = resume(args.resume_from_checkpoint, checkpoint_root, accelerator)
+    hparams = {**vars(args), "learning_rate": learning_rate, "num_processes": accelerator.num_processes,
+               "distributed_type": accelerator.distributed_type.value,
+               "max_steps": max_steps, "parameters": unwrapped.num_parameters()}
+    accelerator.init_trackers("train", config={k: v for k, v in hparams.items() if v is not None})
+    logger.info("%d parameters; %d steps of %d per epoch; peak learning rate %.2e (%.2f × the paper's)",
+                unwrapped.num_parameters(), max_steps, steps_per_epoch, learning_rate, learning_rate / paper_peak)
+
+    def save(step):
+        state = {"epoch": epoch, "batches_done": batches_done, "learning_rate": learning_rate}
+        checkpoints.save_checkpoint(accelerator, checkpoint_root, step, state, args.keep_checkpoints)
+
+    def evaluate(step):
+        if not has_validation:
+            return
+        metrics = {"eval_loss": validation_loss(model, data["validation"], collator, accelerator, args.max_tokens)}
+        sources = [p[args.source_lang] for p in raw["validation"]["translation"][: args.eval_bleu_samples]]
+        references = [p[args.target_lang] for p in raw["validation"]["translation"][: args.eval_bleu_samples]]
+        if sources:
+            unwrapped.eval()
+            hypotheses = translate_split(unwrapped, tokenizer, sources, accelerator, num_beams=1)
+            unwrapped.train()
+            metrics["eval_bleu"] = corpus_bleu(hypotheses, references, bleu_metric)["score"]
+        accelerator.log(metrics, step=step)
+        logger.info("step %d: %s", step, ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+
+    bleu_metric = load_bleu()
+    model.train()
+    progress = tqdm(total=max_steps, initial=step, disable=not accelerator.is_local_main_process, desc="training")
+    window_tokens, window_start = 0, time.time()
+    while step < max_steps:
+        sampler.set_epoch(epoch, start=batches_done)
+        for micro_batches in groups(train_loader, args.gradient_accumulation_steps):
+            micro_batches = [batch.to(accelerator.device) for batch in micro_batches]
+            # A step's loss is its summed token losses over all its target tokens, whatever the process count.
+            step_tokens = accelerator.reduce(sum((b["labels"] != -100).sum() for b in micro_batches), "sum")
+            normalizer = step_tokens / accelerator.num_processes  # DDP averages the processes' gradients
+            step_loss = 0.0
+            for i, batch in enumerate(micro_batches):
+                last = i == len(micro_batches) - 1
+                with nullcontext() if last else accelerator.no_sync(model):
+                    loss = model(**batch, num_items_in_batch=normalizer).loss
+                    accelerator.backward(loss)
+                step_loss += loss.detach()
+            if args.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            batches_done += len(micro_batches)
+            window_tokens += int(step_tokens)
+            progress.update(1)
+
+            if step % args.logging_steps == 0 or step == max_steps:
+                train_loss = accelerator.reduce(step_loss, "mean").item()
+                tokens_per_second = window_tokens / (time.time() - window_start)
+                accelerator.log({"train_loss": train_loss, "learning_rate": scheduler.get_last_lr()[0],
+                                 "target_tokens": window_tokens, "target_tokens_per_second": tokens_per_second,
+                                 "epoch": epoch}, step=step)
+                progress.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tokens_per_second:.0f}")
+                window_tokens, window_start = 0, time.time()
+            if (args.eval_steps and step % args.eval_steps == 0) or step == max_steps:
+                evaluate(step)
+            if step % args.checkpointing_steps == 0 or step == max_steps:
+                save(step)
+            if step == max_steps:
+                break
+        else:  # the epoch is over
+            epoch, batches_done = epoch + 1, 0
+            if not args.eval_steps:
+                evaluate(step)
+    progress.close()
+    train_minutes = (time.time() - started) / 60
+    accelerator.wait_for_everyone()
+
+    # §6.1: average the last checkpoints, translate the test set with beam search, and save the Hub-ready folder.
+    usable = checkpoints.usable_checkpoints(checkpoint_root)[: args.average_checkpoints]
+    checkpoints.load_average(unwrapped, usable)
+    unwrapped.eval()
+    results = {"train_minutes": round(train_minutes, 1), "train_steps": step, "train_epochs": round(step / steps_per_epoch, 1),
+               "averaged_checkpoints": len(usable)}
+    split = args.eval_split if args.eval_split in raw else ("validation" if has_validation else None)
+    if split is not None:
+        sources = [p[args.source_lang] for p in raw[split]["translation"]]
+        references = [p[args.target_lang] for p in raw[split]["translation"]]
+        hypotheses = translate_split(unwrapped, tokenizer, sources, accelerator, num_beams=args.num_beams,
+                                     length_penalty=args.length_penalty)
+        bleu = corpus_bleu(hypotheses, references, bleu_metric)
+        results.update(bleu=round(bleu["score"], 2), bleu_signature=bleu["signature"], eval_split=split,
+                       eval_sentences=len(sources), example_source=sources[0].replace('"', "'"))
+        accelerator.log({f"{split}_bleu": bleu["score"]}, step=step)
+        logger.info("%s BLEU %.2f (%s) with the average of %d checkpoints", split, bleu["score"], bleu["signature"],
+                    len(usable))
+    if accelerator.is_main_process:
+        folder = output / "model"
+        results.update(
+            dataset=args.dataset_name or ("multi30k" if not args.train_file else Path(args.train_file).stem),
+            train_sentences=len(raw["train"]), num_beams=args.num_beams, length_penalty=args.length_penalty,
+            warmup_steps=args.warmup_steps, learning_rate=f"{learning_rate:.2e}", dropout=unwrapped.config.dropout,
+            label_smoothing=unwrapped.config.label_smoothing, max_tokens=args.max_tokens,
+            num_processes=accelerator.num_processes, gradient_accumulation_steps=args.gradient_accumulation_steps,
+            hardware=describe_hardware(accelerator), mixed_precision=accelerator.mixed_precision,
+        )
+        curve = plot_learning_curve(output / "logs" / "log.jsonl", output / "learning_curve.png")
+        results["learning_curve"] = "![learning curve](learning_curve.png)" if curve else ""
+        save_for_hub(folder, unwrapped, tokenizer, results)
+        if curve:
+            shutil.copy(curve, folder / curve.name)
+        logger.info("Saved the Hub-ready model to %s (%.1f minutes in all)", folder, (time.time() - started) / 60)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return results
+
+
+def resume(requested: str, checkpoint_root: Path, accelerator) -> tuple[int, int, int]:
+    """Load the newest intact checkpoint (or the one named) and return its step, epoch and batches done."""
+    if requested != "latest":
+        problem = checkpoints.checkpoint_problem(requested)
+        if problem:
+            raise SystemExit(f"Cannot resume from {requested}: {problem}")
+        candidates = [Path(requested)]
+    else:
+        candidates = checkpoints.usable_checkpoints(checkpoint_root)
+    for path in candidates:
+        try:
+            accelerator.load_state(str(path))
+        except Exception as error:  # a file that passed its checksum but still cannot be read
+            logger.warning("Skipping checkpoint %s: it cannot be loaded (%s)", path, error)
+            continue
+        state = checkpoints.read_state(path)
+        logger.info("Resumed from %s (step %d, epoch %d)", path, state["step"], state["epoch"])
+        return state["step"], state["epoch"], state["batches_done"]
+    logger.warning("No usable checkpoint under %s: starting from scratch", checkpoint_root)
+    return 0, 0, 0
+
+
+def describe_hardware(accelerator) -> str:
+    if accelerator.device.type == "cuda":
+        return f"{accelerator.num_processes} × {torch.cuda.get_device_name()}"
+    return f"{accelerator.num_processes} process(es) on a {torch.get_num_threads()}-thread CPU"
+
+
+if __name__ == "__main__":
+    main()
