@@ -16,6 +16,7 @@ from .modeling_vanilla_transformer import (
     VanillaTransformerPreTrainedModel,
 )
 from .pipeline_vanilla_transformer import TranslationPipeline
+from .plotting import plot_attention
 from .tokenization import check_tokenizer_matches_model, train_tokenizer
 
 AutoConfig.register(VanillaTransformerConfig.model_type, VanillaTransformerConfig, exist_ok=True)
@@ -34,5 +35,6 @@ __all__ = [
     "VanillaTransformerPreTrainedModel",
     "TranslationPipeline",
     "check_tokenizer_matches_model",
+    "plot_attention",
     "train_tokenizer",
 ]

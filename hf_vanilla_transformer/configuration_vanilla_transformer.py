@@ -100,7 +100,7 @@ class VanillaTransformerConfig(PreTrainedConfig):
     @classmethod
     def small(cls, **overrides) -> "VanillaTransformerConfig":
         """A model that trains to a useful Multi30k translator on a 2-core CPU in minutes."""
-        size = dict(d_model=256, encoder_ffn_dim=1024, decoder_ffn_dim=1024, encoder_layers=3, decoder_layers=3)
+        size = dict(d_model=128, encoder_ffn_dim=512, decoder_ffn_dim=512, encoder_layers=3, decoder_layers=3)
         size.update(encoder_attention_heads=4, decoder_attention_heads=4)
         return cls(**{**size, **overrides})
 

@@ -9,12 +9,15 @@ and `README.md`, the model card rendered from `model_card.md` with those numbers
 
 import argparse
 import json
+import logging
 import string
 from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, HfApi
 
 from .pipeline_vanilla_transformer import TranslationPipeline
+
+logger = logging.getLogger(__name__)
 
 MODEL_CARD_TEMPLATE = Path(__file__).with_name("model_card.md")
 RESULTS_NAME = "training_results.json"
@@ -50,7 +53,10 @@ def save_for_hub(folder: str | Path, model, tokenizer, results: dict) -> Path:
     TranslationPipeline(model=model, tokenizer=tokenizer).save_pretrained(folder)
     values = {**model_card_values(model), "model_name": folder.name, **results}
     (folder / RESULTS_NAME).write_text(json.dumps(values, indent=2))
-    (folder / "README.md").write_text(render_model_card(values))
+    try:
+        (folder / "README.md").write_text(render_model_card(values))
+    except KeyError as missing:
+        logger.warning("No model card for %s: the results lack %s (was the model evaluated?)", folder, missing)
     return folder
 
 
@@ -72,7 +78,10 @@ def push(folder: str | Path, repo_id: str, private: bool = False, dry_run: bool 
     folder = Path(folder)
     files = files_to_upload(folder)
     values = json.loads((folder / RESULTS_NAME).read_text())
-    card = render_model_card({**values, "model_name": repo_id.split("/")[-1], "repo_id": repo_id})
+    try:
+        card = render_model_card({**values, "model_name": repo_id.split("/")[-1], "repo_id": repo_id})
+    except KeyError as missing:
+        raise ValueError(f"{folder / RESULTS_NAME} lacks {missing} for the model card: evaluate the model first") from None
     if not dry_run:
         api = HfApi(token=token)
         api.create_repo(repo_id, private=private, exist_ok=True)

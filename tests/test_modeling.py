@@ -270,7 +270,7 @@ except ImportError:
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 model = AutoModelForSeq2SeqLM.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
 assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
-tokenizer = AutoTokenizer.from_pretrained({str(folder)!r})
+tokenizer = AutoTokenizer.from_pretrained({str(folder)!r}, trust_remote_code=True)
 with torch.no_grad():
     logits = model(input_ids=torch.tensor({input_ids.tolist()}), attention_mask=torch.tensor({attention_mask.tolist()}),
                    decoder_input_ids=torch.tensor({decoder_input_ids.tolist()})).logits

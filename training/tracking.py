@@ -64,7 +64,7 @@ def plot_learning_curve(log_path: str | os.PathLike, png_path: str | os.PathLike
     bleu = [(r["step"], r["eval_bleu"]) for r in records if "eval_bleu" in r]
     if bleu:
         bleu_axis = loss_axis.twinx()
-        bleu_axis.plot(*zip(*bleu), color="tab:green", marker="o", label="validation BLEU")
+        bleu_axis.plot(*zip(*bleu), color="tab:green", marker="o", label="validation BLEU (greedy)")
         bleu_axis.set_ylabel("BLEU")
         bleu_axis.legend(loc="upper right")
     figure.tight_layout()

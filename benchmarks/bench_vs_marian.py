@@ -1,0 +1,187 @@
+"""This model against transformers' MarianMTModel of the identical shape, side by side in one run.
+
+    python benchmarks/bench_vs_marian.py                                    # CPU, the main job's `small` size
+    python benchmarks/bench_vs_marian.py --preset base --device cuda        # a GPU, the paper's base size
+
+Both models get the same real Multi30k batches (bucketed by length, `--max_tokens` per batch, as in training)
+and the same loss (label-smoothed cross-entropy on their logits), and both use the same attention
+implementation. Measured: training throughput (target tokens/s of forward, backward and Adam step), greedy and
+beam-4 generation (sentences/s; both forced to emit exactly `--new_tokens` tokens, so both do the same work),
+and peak memory (GPU: allocated; CPU: resident set). Each measurement runs in a fresh process so that its peak
+memory is its own. Prints a table with the ratios ours/Marian and writes it as JSON.
+"""
+
+import argparse
+import json
+import multiprocessing
+import platform
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+MEASUREMENTS = ("train", "greedy", "beam4")
+
+
+def build(kind: str, preset: str, vocab_size: int, attn: str):
+    from transformers import MarianConfig, MarianMTModel
+
+    from hf_vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
+
+    ours = getattr(VanillaTransformerConfig, preset)(vocab_size=vocab_size, attn_implementation=attn)
+    if kind == "ours":
+        return VanillaTransformerForConditionalGeneration(ours)
+    marian = MarianConfig(
+        vocab_size=vocab_size, decoder_vocab_size=vocab_size, d_model=ours.d_model, encoder_layers=ours.encoder_layers,
+        decoder_layers=ours.decoder_layers, encoder_attention_heads=ours.encoder_attention_heads,
+        decoder_attention_heads=ours.decoder_attention_heads, encoder_ffn_dim=ours.encoder_ffn_dim,
+        decoder_ffn_dim=ours.decoder_ffn_dim, activation_function="relu", dropout=ours.dropout,
+        attention_dropout=0.0, activation_dropout=0.0, max_position_embeddings=ours.max_position_embeddings,
+        scale_embedding=True, share_encoder_decoder_embeddings=True, tie_word_embeddings=True, pad_token_id=0,
+        eos_token_id=2, forced_eos_token_id=None, decoder_start_token_id=1, attn_implementation=attn,
+    )
+    return MarianMTModel(marian)
+
+
+def measure(kind: str, what: str, args: argparse.Namespace, data_dir: str) -> dict:
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    batches = torch.load(Path(data_dir) / "batches.pt")
+    model = build(kind, args.preset, args.vocab_size, args.attn).to(device)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+    synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+    if what == "train":
+        model.train()
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-9)
+
+        def step(batch):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with autocast:
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                               decoder_input_ids=batch["decoder_input_ids"]).logits
+            loss = F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=-100,
+                                   label_smoothing=0.1)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            return int((batch["labels"] != -100).sum())
+
+        for batch in batches[: args.warmup]:
+            step(batch)
+        synchronize()
+        start, tokens = time.perf_counter(), 0
+        for batch in batches[args.warmup : args.warmup + args.steps]:
+            tokens += step(batch)
+        synchronize()
+        result = {"target_tokens_per_second": tokens / (time.perf_counter() - start)}
+    else:
+        model.eval()
+        beams = 1 if what == "greedy" else 4
+        sources = [b for b in batches[: args.generate_batches]]
+
+        def generate(batch):
+            with torch.inference_mode(), autocast:
+                model.generate(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                               num_beams=beams, min_new_tokens=args.new_tokens, max_new_tokens=args.new_tokens,
+                               length_penalty=0.6, do_sample=False)
+            return batch["input_ids"].shape[0]
+
+        generate(sources[0])
+        synchronize()
+        start, sentences = time.perf_counter(), 0
+        for batch in sources:
+            sentences += generate(batch)
+        synchronize()
+        result = {"sentences_per_second": sentences / (time.perf_counter() - start)}
+    if device.type == "cuda":
+        result["peak_memory_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        result["peak_memory_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+    result["parameters"] = model.num_parameters()
+    return result
+
+
+def prepare_batches(args, data_dir: Path) -> None:
+    from transformers import DataCollatorForSeq2Seq
+
+    from hf_vanilla_transformer import train_tokenizer
+    from training.data import TokenBatchSampler, load_translation_dataset, tokenize
+
+    splits = load_translation_dataset("de", "en")
+    pairs = splits["train"]["translation"]
+    tokenizer = train_tokenizer([p["de"] for p in pairs] + [p["en"] for p in pairs], vocab_size=args.vocab_size)
+    data = tokenize(splits["train"], tokenizer, "de", "en", max_length=256)
+    sampler = TokenBatchSampler(data["length"], args.max_tokens, seed=0)
+    collate = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
+    rows = data.remove_columns("length")
+    batches = []
+    for indices in list(sampler)[: args.warmup + args.steps]:
+        batch = dict(collate([rows[i] for i in indices]))
+        labels = batch["labels"]
+        decoder_input_ids = labels.new_full(labels.shape, tokenizer.pad_token_id)
+        decoder_input_ids[:, 1:] = labels[:, :-1].clamp(min=0)
+        decoder_input_ids[:, 0] = tokenizer.bos_token_id
+        batches.append({**batch, "decoder_input_ids": decoder_input_ids})
+    torch.save(batches, data_dir / "batches.pt")
+    args.vocab_size = len(tokenizer)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="small", choices=["tiny", "small", "base", "big"])
+    parser.add_argument("--vocab_size", type=int, default=6000)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
+    parser.add_argument("--attn", default=None, help="default: eager on CPU, sdpa on GPU (the training defaults)")
+    parser.add_argument("--max_tokens", type=int, default=2048)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--generate_batches", type=int, default=4)
+    parser.add_argument("--new_tokens", type=int, default=24)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--output", default=None, help="JSON file for the results")
+    args = parser.parse_args(argv)
+    args.attn = args.attn or ("eager" if args.device == "cpu" else "sdpa")
+
+    context = multiprocessing.get_context("spawn")
+    results = {"ours": {}, "marian": {}}
+    with tempfile.TemporaryDirectory() as data_dir:
+        prepare_batches(args, Path(data_dir))
+        for what in MEASUREMENTS:
+            for kind in ("ours", "marian"):
+                with context.Pool(1) as pool:
+                    results[kind][what] = pool.apply(measure, (kind, what, args, data_dir))
+
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{platform.processor() or 'CPU'} ({args.threads} threads)"
+    print(f"\n{args.preset} preset, {results['ours']['train']['parameters']:,} parameters (Marian "
+          f"{results['marian']['train']['parameters']:,}), {args.dtype}, attention {args.attn}, on {device}\n")
+    print(f"{'measurement':<34}{'ours':>12}{'Marian':>12}{'ours/Marian':>13}")
+    rows = [("train", "target_tokens_per_second", "training target tokens/s"),
+            ("greedy", "sentences_per_second", "greedy sentences/s"),
+            ("beam4", "sentences_per_second", "beam-4 sentences/s")]
+    rows += [(what, "peak_memory_mib", f"{what} peak memory MiB") for what in MEASUREMENTS]
+    table = []
+    for what, key, label in rows:
+        ours, marian = results["ours"][what][key], results["marian"][what][key]
+        table.append({"measurement": label, "ours": ours, "marian": marian, "ratio": ours / marian})
+        print(f"{label:<34}{ours:>12.1f}{marian:>12.1f}{ours / marian:>13.2f}")
+    report = {"preset": args.preset, "device": device, "dtype": args.dtype, "attention": args.attn,
+              "max_tokens": args.max_tokens, "results": results, "table": table}
+    if args.output:
+        Path(args.output).write_text(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()
