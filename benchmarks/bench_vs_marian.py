@@ -94,7 +94,7 @@ def measure(kind: str, what: str, args: argparse.Namespace, data_dir: str) -> di
             with torch.inference_mode(), autocast:
                 model.generate(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
                                num_beams=beams, min_new_tokens=args.new_tokens, max_new_tokens=args.new_tokens,
-                               length_penalty=0.6, do_sample=False)
+                               do_sample=False, **({"length_penalty": 0.6} if beams > 1 else {}))
             return batch["input_ids"].shape[0]
 
         generate(sources[0])
