@@ -51,6 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--tokenizer_name", default=None, help="a saved tokenizer; default: learn one on the data")
     model.add_argument("--vocab_size", type=int, default=6000, help="size of a newly learned BPE vocabulary")
     model.add_argument("--dropout", type=float, default=None, help="override the preset's dropout")
+    model.add_argument("--config_overrides", default=None,
+                       help='other config fields, e.g. "normalize_before=true,attention_dropout=0.1"')
     model.add_argument("--label_smoothing", type=float, default=0.1, help="ε_ls (§5.4)")
     model.add_argument("--attn_implementation", default=None,
                        help="default: eager on CPUs (it trains 1.5x faster there than SDPA), sdpa elsewhere")
@@ -112,6 +114,7 @@ def build_model(args, tokenizer, device: torch.device) -> VanillaTransformerForC
         src_lang=args.source_lang,
         tgt_lang=args.target_lang,
     )
+    overrides.update(parse_config_overrides(args.config_overrides))
     if args.dropout is not None:
         overrides["dropout"] = args.dropout
     overrides["attn_implementation"] = args.attn_implementation or ("eager" if device.type == "cpu" else "sdpa")
@@ -120,6 +123,21 @@ def build_model(args, tokenizer, device: torch.device) -> VanillaTransformerForC
     else:
         config = VanillaTransformerConfig.from_pretrained(args.config_name, **overrides)
     return VanillaTransformerForConditionalGeneration(config)
+
+
+def parse_config_overrides(text: str | None) -> dict:
+    """`FIELD=VALUE,...` as keyword arguments, each value of its field's type."""
+    defaults, overrides = VanillaTransformerConfig(), {}
+    for item in filter(None, (text or "").split(",")):
+        name, separator, value = item.partition("=")
+        if not separator or name not in VanillaTransformerConfig.__dataclass_fields__:
+            raise SystemExit(f"--config_overrides: {item!r} is not FIELD=VALUE for a field of VanillaTransformerConfig")
+        default = getattr(defaults, name)
+        if isinstance(default, bool):
+            overrides[name] = value.lower() in ("true", "1", "yes")
+        else:
+            overrides[name] = type(default)(value) if default is not None else value
+    return overrides
 
 
 def load_or_train_tokenizer(args, raw, output: Path):
