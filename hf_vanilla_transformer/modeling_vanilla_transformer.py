@@ -79,7 +79,8 @@ class MultiHeadAttention(nn.Module):
     keys and values from `key_value_states`, the encoder output, which the cache projects once per `generate`.
     """
 
-    def __init__(self, config: VanillaTransformerConfig, num_heads: int, is_causal: bool = False, layer_idx=None):
+    def __init__(self, config: VanillaTransformerConfig, num_heads: int, is_causal: bool = False,
+                 layer_idx: int | None = None):
         super().__init__()
         self.config = config
         self.num_heads = num_heads
@@ -102,6 +103,7 @@ class MultiHeadAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch_size, length, _ = hidden_states.shape
         query = self.q_proj(hidden_states).view(batch_size, length, self.num_heads, self.head_dim).transpose(1, 2)
+        # query: (B, h, T, d_k)
 
         is_cross_attention = key_value_states is not None
         cache = None
@@ -228,7 +230,6 @@ class VanillaTransformerPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["EncoderLayer", "DecoderLayer"]
     _supports_sdpa = True
     _supports_flash_attn = True
-    _supports_flex_attn = True
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module):

@@ -24,7 +24,7 @@ RESULTS = {  # what a training run records for the model card
     "eval_sentences": 1000, "example_source": "Ein Hund läuft.", "dataset": "multi30k", "train_sentences": 29000,
     "num_beams": 4, "length_penalty": 0.6, "warmup_steps": 200, "learning_rate": "2.00e-03", "dropout": 0.1,
     "label_smoothing": 0.1, "max_tokens": 2048, "num_processes": 1, "gradient_accumulation_steps": 1,
-    "hardware": "a CPU", "mixed_precision": "bf16", "learning_curve": "",
+    "hardware": "a CPU", "mixed_precision": "bf16", "learning_curve": "", "attention_plot": "",
 }
 SENTENCES = ["Ein Hund läuft über die Wiese.", "Zwei Männer stehen vor einem Haus."]
 

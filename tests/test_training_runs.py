@@ -75,6 +75,23 @@ def test_a_short_run_learns_and_saves_a_hub_ready_model(tmp_path):
     assert model.config.src_lang == "de" and model.config.tgt_lang == "en"
     assert model.generation_config.num_beams == 4 and model.generation_config.length_penalty == 0.6
     assert all(isinstance(t, str) for t in translate(model, tokenizer, ["Ein Hund läuft.", "Zwei Männer."]))
+    assert (folder / "attention.png").is_file() and "![attention_plot](attention.png)" in (folder / "README.md").read_text()
+
+    def cli(*args):
+        result = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=environment(tmp_path),
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result.stdout
+
+    translated = cli("hf_vanilla_transformer.translate", "--model", str(folder), "--num_beams", "2", "Ein Hund läuft.")
+    assert translated.strip() == translate(model, tokenizer, ["Ein Hund läuft."], num_beams=2)[0]
+    evaluation = json.loads(cli("training.evaluate_bleu", "--model", str(folder), "--split", "test", "--max_samples",
+                                "20").strip().splitlines()[-1])
+    assert evaluation["sentences"] == 20 and evaluation["num_beams"] == 4 and 0 <= evaluation["bleu"] <= 100
+    cli("training.average_checkpoints", "--run_dir", str(output), "--last", "3", "--output_dir", str(tmp_path / "avg"))
+    averaged = load_file(tmp_path / "avg" / "model.safetensors")
+    final = load_file(folder / "model.safetensors")
+    assert averaged.keys() == final.keys() and all(torch.equal(averaged[k], final[k]) for k in final)
 
 
 def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path):

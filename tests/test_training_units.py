@@ -151,3 +151,17 @@ def test_multi30k_copy_is_complete():
     for split in ("train", "val", "test_2016_flickr"):
         for lang in ("de", "en", "fr"):
             assert (MULTI30K / f"{split}.{lang}.gz").is_file()
+
+
+def test_hub_style_datasets_with_a_translation_feature_load(tmp_path):
+    """What `--dataset_name` gets from the Hub (wmt14 and the like): splits with a `Translation` feature."""
+    from datasets import Dataset, Features, Translation
+
+    features = Features({"translation": Translation(languages=["de", "en"])})
+    rows = {"translation": [{"de": "Ein Hund.", "en": "A dog."}, {"de": "Eine Katze.", "en": "A cat."}]}
+    for split in ("train", "validation", "test"):
+        Dataset.from_dict(rows, features=features).to_parquet(str(tmp_path / f"{split}.parquet"))
+    splits = load_translation_dataset("de", "en", dataset_name=str(tmp_path))
+    assert sorted(splits) == ["test", "train", "validation"] and splits["train"][1]["translation"]["en"] == "A cat."
+    with pytest.raises(ValueError, match=r"languages \['de', 'en'\], not de and fr"):
+        load_translation_dataset("de", "fr", dataset_name=str(tmp_path))

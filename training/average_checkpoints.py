@@ -9,8 +9,9 @@ big models. The output folder holds the averaged model and the run's tokenizer, 
 import argparse
 from pathlib import Path
 
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+from transformers import AutoTokenizer
 
+from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration
 from training.checkpoints import load_average, usable_checkpoints
 
 
@@ -25,7 +26,8 @@ def main(argv: list[str] | None = None) -> Path:
     chosen = usable_checkpoints(run / "checkpoints")[: args.last]
     if not chosen:
         parser.error(f"no usable checkpoint under {run / 'checkpoints'}")
-    model = AutoModelForSeq2SeqLM.from_pretrained(run / "model")  # the run's architecture and generation config
+    # The run's architecture and generation config, from its final model.
+    model = VanillaTransformerForConditionalGeneration.from_pretrained(run / "model")
     load_average(model, chosen)
     model.save_pretrained(args.output_dir)
     AutoTokenizer.from_pretrained(run / "model").save_pretrained(args.output_dir)

@@ -99,8 +99,9 @@ def load_translation_dataset(
     for split, dataset in splits.items():
         if "translation" not in dataset.column_names:
             raise ValueError(f"Split {split!r} has columns {dataset.column_names}; expected a `translation` column")
-        languages = set(dataset.features["translation"].keys()) if hasattr(dataset.features["translation"], "keys") else None
-        if languages is not None and not {source_lang, target_lang} <= languages:
+        feature = dataset.features["translation"]  # a `Translation` feature, or a dict of string features
+        languages = set(getattr(feature, "languages", None) or (feature.keys() if isinstance(feature, dict) else []))
+        if languages and not {source_lang, target_lang} <= languages:
             raise ValueError(f"Split {split!r} has languages {sorted(languages)}, not {source_lang} and {target_lang}")
     return splits
 

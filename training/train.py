@@ -9,6 +9,7 @@ Hub-ready folder with the averaged final weights, the tokenizer, the model card 
 """
 
 import argparse
+import importlib.util
 import logging
 import math
 import shutil
@@ -28,6 +29,7 @@ from hf_vanilla_transformer import (
     VanillaTransformerConfig,
     VanillaTransformerForConditionalGeneration,
     check_tokenizer_matches_model,
+    plot_attention,
     train_tokenizer,
 )
 from hf_vanilla_transformer.hub import save_for_hub
@@ -269,12 +271,13 @@ def main(argv=None) -> dict:
         state = {"epoch": epoch, "batches_done": batches_done, "learning_rate": learning_rate}
         checkpoints.save_checkpoint(accelerator, checkpoint_root, step, state, args.keep_checkpoints)
 
+    bleu_pairs = raw["validation"]["translation"][: args.eval_bleu_samples] if has_validation else []
+    sources, references = [p[args.source_lang] for p in bleu_pairs], [p[args.target_lang] for p in bleu_pairs]
+
     def evaluate(step):
         if not has_validation:
             return
         metrics = {"eval_loss": validation_loss(model, data["validation"], collator, accelerator, args.max_tokens)}
-        sources = [p[args.source_lang] for p in raw["validation"]["translation"][: args.eval_bleu_samples]]
-        references = [p[args.target_lang] for p in raw["validation"]["translation"][: args.eval_bleu_samples]]
         if sources:
             unwrapped.eval()
             hypotheses = translate_split(unwrapped, tokenizer, sources, accelerator, num_beams=1)
@@ -341,17 +344,17 @@ def main(argv=None) -> dict:
     usable = checkpoints.usable_checkpoints(checkpoint_root)[: args.average_checkpoints]
     checkpoints.load_average(unwrapped, usable)
     unwrapped.eval()
-    results = {"train_minutes": round(train_minutes, 1), "train_steps": step, "train_epochs": round(step / steps_per_epoch, 1),
-               "averaged_checkpoints": len(usable)}
+    results = {"train_minutes": round(train_minutes, 1), "train_steps": step,
+               "train_epochs": round(step / steps_per_epoch, 1), "averaged_checkpoints": len(usable)}
     split = args.eval_split if args.eval_split in raw else ("validation" if has_validation else None)
     if split is not None:
-        sources = [p[args.source_lang] for p in raw[split]["translation"]]
-        references = [p[args.target_lang] for p in raw[split]["translation"]]
-        hypotheses = translate_split(unwrapped, tokenizer, sources, accelerator, num_beams=args.num_beams,
+        test_pairs = raw[split]["translation"]
+        test_sources = [p[args.source_lang] for p in test_pairs]
+        hypotheses = translate_split(unwrapped, tokenizer, test_sources, accelerator, num_beams=args.num_beams,
                                      length_penalty=args.length_penalty)
-        bleu = corpus_bleu(hypotheses, references, bleu_metric)
+        bleu = corpus_bleu(hypotheses, [p[args.target_lang] for p in test_pairs], bleu_metric)
         results.update(bleu=round(bleu["score"], 2), bleu_signature=bleu["signature"], eval_split=split,
-                       eval_sentences=len(sources), example_source=sources[0].replace('"', "'"))
+                       eval_sentences=len(test_sources), example_source=test_sources[0].replace('"', "'"))
         accelerator.log({f"{split}_bleu": bleu["score"]}, step=step)
         logger.info("%s BLEU %.2f (%s) with the average of %d checkpoints", split, bleu["score"], bleu["signature"],
                     len(usable))
@@ -367,11 +370,19 @@ def main(argv=None) -> dict:
             num_processes=accelerator.num_processes, gradient_accumulation_steps=args.gradient_accumulation_steps,
             hardware=describe_hardware(accelerator), mixed_precision=accelerator.mixed_precision,
         )
-        curve = plot_learning_curve(output / "logs" / "log.jsonl", output / "learning_curve.png")
-        results["learning_curve"] = "![learning curve](learning_curve.png)" if curve else ""
+        figures = {"learning_curve": plot_learning_curve(output / "logs" / "log.jsonl", output / "learning_curve.png")}
+        if "example_source" in results and importlib.util.find_spec("matplotlib"):
+            figures["attention_plot"] = plot_attention(unwrapped, tokenizer, results["example_source"],
+                                                       path=output / "attention.png")
+        captions = {"learning_curve": "Loss and greedy validation BLEU during training:",
+                    "attention_plot": "The last layer's attention weights (one column per head) when it translates "
+                                      "the first test sentence:"}
+        results.update({name: f"{captions[name]}\n\n![{name}]({path.name})" if path else ""
+                        for name, path in figures.items()})
+        results.setdefault("attention_plot", "")
         save_for_hub(folder, unwrapped, tokenizer, results)
-        if curve:
-            shutil.copy(curve, folder / curve.name)
+        for path in filter(None, figures.values()):
+            shutil.copy(path, folder / path.name)
         logger.info("Saved the Hub-ready model to %s (%.1f minutes in all)", folder, (time.time() - started) / 60)
     accelerator.wait_for_everyone()
     accelerator.end_training()
