@@ -40,7 +40,7 @@ def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_to
     return decoder_input_ids.masked_fill_(decoder_input_ids == -100, pad_token_id)
 
 
-def scaled_dot_product_attention(
+def eager_attention_forward(
     module: nn.Module,
     query: torch.Tensor,
     key: torch.Tensor,
@@ -50,7 +50,7 @@ def scaled_dot_product_attention(
     dropout: float = 0.0,
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eq. 1: Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V; the eager path, which also returns the weights."""
+    """Eq. 1, scaled dot-product attention: softmax(Q K^T / sqrt(d_k)) V; the eager path, which returns the weights."""
     scores = torch.matmul(query, key.transpose(-2, -1)) * scaling  # (B, h, T, S)
     if attention_mask is not None:
         scores = scores + attention_mask  # 0 where allowed, the dtype's minimum where masked
@@ -121,7 +121,7 @@ class MultiHeadAttention(nn.Module):
                     past_key_values.is_updated[self.layer_idx] = True
 
         attention: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, scaled_dot_product_attention
+            self.config._attn_implementation, eager_attention_forward
         )
         output, weights = attention(
             self,
