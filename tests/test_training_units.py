@@ -129,11 +129,12 @@ def test_embedded_multi30k_and_local_files_load(tmp_path, tokenizer):
     splits = load_translation_dataset("de", "en")
     assert {k: len(v) for k, v in splits.items()} == {"train": 29000, "validation": 1014, "test": 1000}
     assert splits["test"][0]["translation"]["en"] == "A man in an orange hat starring at something."
-    (tmp_path / "pairs.tsv").write_text('Ein "Hund".\tA "dog".\nZwei Katzen.\tTwo cats.\n')
+    (tmp_path / "pairs.tsv").write_text('Ein "Hund".\tA "dog".\nZwei Katzen.\tTwo cats.\n \tNothing.\n')
     (tmp_path / "pairs.jsonl").write_text(json.dumps({"translation": {"de": "Ein Hund.", "en": "A dog."}}) + "\n")
     tsv = load_translation_dataset("de", "en", train_file=str(tmp_path / "pairs.tsv"),
                                    validation_file=str(tmp_path / "pairs.jsonl"))
     assert tsv["train"][0]["translation"] == {"de": 'Ein "Hund".', "en": 'A "dog".'}
+    assert len(tsv["train"]) == 2  # the pair with an empty side is dropped
     assert tsv["validation"][0]["translation"] == {"de": "Ein Hund.", "en": "A dog."}
     prefix = tmp_path / "text"
     (tmp_path / "text.de").write_text("Ein Hund.\nZwei Katzen.\n")

@@ -81,10 +81,11 @@ def load_translation_dataset(
     validation_file: str | None = None,
     test_file: str | None = None,
 ) -> DatasetDict:
-    """A `DatasetDict` with `train`, and `validation`/`test` where the source has them."""
+    """A `DatasetDict` of the splits the source has (`train`, `validation`, `test`); pairs with an empty side are
+    dropped (with a warning)."""
     if dataset_name is not None:
         splits = load_dataset(dataset_name, dataset_config_name)
-    elif train_file is not None:
+    elif any(path is not None for path in (train_file, validation_file, test_file)):
         files = {"train": train_file, "validation": validation_file, "test": test_file}
         splits = DatasetDict(
             {split: load_file(path, source_lang, target_lang) for split, path in files.items() if path is not None}
@@ -103,19 +104,19 @@ def load_translation_dataset(
         languages = set(getattr(feature, "languages", None) or (feature.keys() if isinstance(feature, dict) else []))
         if languages and not {source_lang, target_lang} <= languages:
             raise ValueError(f"Split {split!r} has languages {sorted(languages)}, not {source_lang} and {target_lang}")
+        splits[split] = dataset.filter(
+            lambda batch: [bool(p[source_lang].strip() and p[target_lang].strip()) for p in batch["translation"]],
+            batched=True,
+            desc="Dropping empty pairs",
+        )
+        if len(splits[split]) < len(dataset):
+            logger.warning("Dropped %d pairs of %r with an empty side", len(dataset) - len(splits[split]), split)
     return splits
 
 
 def tokenize(dataset: Dataset, tokenizer, source_lang: str, target_lang: str, max_length: int) -> Dataset:
     """Source ids, attention mask, target `labels` and the pair's `length` (the longer side, for batching) with
-    `datasets.map` (cached); pairs with an empty side are dropped."""
-    nonempty = dataset.filter(
-        lambda batch: [bool(p[source_lang].strip() and p[target_lang].strip()) for p in batch["translation"]],
-        batched=True,
-        desc="Dropping empty pairs",
-    )
-    if len(nonempty) < len(dataset):
-        logger.warning("Dropped %d pairs with an empty side", len(dataset) - len(nonempty))
+    `datasets.map` (cached)."""
 
     def encode(batch):
         sources = [pair[source_lang] for pair in batch["translation"]]
@@ -124,7 +125,7 @@ def tokenize(dataset: Dataset, tokenizer, source_lang: str, target_lang: str, ma
         encoded["length"] = [max(len(s), len(t)) for s, t in zip(encoded["input_ids"], encoded["labels"])]
         return encoded
 
-    return nonempty.map(encode, batched=True, remove_columns=nonempty.column_names, desc="Tokenizing")
+    return dataset.map(encode, batched=True, remove_columns=dataset.column_names, desc="Tokenizing")
 
 
 class TokenBatchSampler:

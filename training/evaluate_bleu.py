@@ -33,8 +33,8 @@ def main(argv: list[str] | None = None) -> dict:
     target_lang = args.target_lang or model.config.tgt_lang
     if not (source_lang and target_lang):
         parser.error("the model does not record its languages: pass --source_lang and --target_lang")
-    files = {"train_file": args.test_file, "test_file": args.test_file} if args.test_file else {}
-    splits = load_translation_dataset(source_lang, target_lang, args.dataset_name, args.dataset_config_name, **files)
+    splits = load_translation_dataset(source_lang, target_lang, args.dataset_name, args.dataset_config_name,
+                                      test_file=args.test_file)
     if args.split not in splits:
         parser.error(f"no split {args.split!r}; the data has {sorted(splits)}")
     pairs = splits[args.split]["translation"][: args.max_samples]

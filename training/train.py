@@ -230,6 +230,8 @@ def main(argv=None) -> dict:
     with accelerator.main_process_first():
         raw = load_translation_dataset(args.source_lang, args.target_lang, args.dataset_name,
                                        args.dataset_config_name, args.train_file, args.validation_file, args.test_file)
+        if "train" not in raw:
+            raise SystemExit(f"The data has no train split (only {sorted(raw)}): pass --train_file or a dataset with one")
         if args.max_train_samples:
             raw["train"] = raw["train"].select(range(min(args.max_train_samples, len(raw["train"]))))
         for split in set(raw) - {"train"}:
