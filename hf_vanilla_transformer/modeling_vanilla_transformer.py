@@ -17,6 +17,7 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
+from transformers.generation import LogitsProcessor, LogitsProcessorList
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
@@ -26,7 +27,8 @@ from transformers.modeling_outputs import (
     Seq2SeqModelOutput,
 )
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import can_return_tuple
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs, can_return_tuple
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_vanilla_transformer import VanillaTransformerConfig
@@ -251,7 +253,7 @@ class VanillaTransformerPreTrainedModel(PreTrainedModel):
         """Resize the target embedding too when it is not shared with the source (one vocabulary, §5.1)."""
         embeddings = super()._resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
         decoder = self.base_model.decoder
-        if decoder.embed_tokens is not embeddings:
+        if not self.config.share_encoder_decoder_embeddings:
             decoder.embed_tokens = self._get_resized_embeddings(
                 decoder.embed_tokens, embeddings.num_embeddings, mean_resizing=mean_resizing
             )
@@ -261,9 +263,9 @@ class VanillaTransformerPreTrainedModel(PreTrainedModel):
 class VanillaTransformerStack(VanillaTransformerPreTrainedModel):
     """What encoder and decoder share: the embedded input (§3.4–3.5), N layers, and pre-LN's final LayerNorm."""
 
-    def __init__(self, config: VanillaTransformerConfig, embed_tokens: nn.Embedding, layers: list[nn.Module]):
+    def __init__(self, config: VanillaTransformerConfig, layers: list[nn.Module]):
         super().__init__(config)
-        self.embed_tokens = embed_tokens
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model, config.pad_token_id)
         self.embed_positions = SinusoidalPositionalEncoding(config.d_model)
         self.dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList(layers)
@@ -291,8 +293,8 @@ class VanillaTransformerEncoder(VanillaTransformerStack):
 
     _can_record_outputs = {"hidden_states": EncoderLayer, "attentions": MultiHeadAttention}
 
-    def __init__(self, config: VanillaTransformerConfig, embed_tokens: nn.Embedding):
-        super().__init__(config, embed_tokens, [EncoderLayer(config) for _ in range(config.encoder_layers)])
+    def __init__(self, config: VanillaTransformerConfig):
+        super().__init__(config, [EncoderLayer(config) for _ in range(config.encoder_layers)])
 
     @capture_outputs
     def forward(
@@ -300,7 +302,7 @@ class VanillaTransformerEncoder(VanillaTransformerStack):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutput:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`")
@@ -326,9 +328,8 @@ class VanillaTransformerDecoder(VanillaTransformerStack):
         "cross_attentions": OutputRecorder(MultiHeadAttention, index=1, layer_name="encoder_attn"),
     }
 
-    def __init__(self, config: VanillaTransformerConfig, embed_tokens: nn.Embedding):
-        layers = [DecoderLayer(config, layer_idx=i) for i in range(config.decoder_layers)]
-        super().__init__(config, embed_tokens, layers)
+    def __init__(self, config: VanillaTransformerConfig):
+        super().__init__(config, [DecoderLayer(config, layer_idx=i) for i in range(config.decoder_layers)])
 
     @capture_outputs
     def forward(
@@ -340,7 +341,7 @@ class VanillaTransformerDecoder(VanillaTransformerStack):
         past_key_values: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPastAndCrossAttentions:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `decoder_input_ids` or `decoder_inputs_embeds`")
@@ -387,15 +388,19 @@ class VanillaTransformerModel(VanillaTransformerPreTrainedModel):
 
     def __init__(self, config: VanillaTransformerConfig):
         super().__init__(config)
-        source_embeddings = nn.Embedding(config.vocab_size, config.d_model, config.pad_token_id)
-        if config.share_encoder_decoder_embeddings:
-            target_embeddings = source_embeddings  # "the same weight matrix between the two embedding layers" (§3.4)
+        if config.share_encoder_decoder_embeddings:  # "the same weight matrix between the two embedding layers" (§3.4)
             self._tied_weights_keys = {"decoder.embed_tokens.weight": "encoder.embed_tokens.weight"}
-        else:
-            target_embeddings = nn.Embedding(config.vocab_size, config.d_model, config.pad_token_id)
-        self.encoder = VanillaTransformerEncoder(config, source_embeddings)
-        self.decoder = VanillaTransformerDecoder(config, target_embeddings)
+        self.encoder = VanillaTransformerEncoder(config)
+        self.decoder = VanillaTransformerDecoder(config)
         self.post_init()
+
+    def get_expanded_tied_weights_keys(self, all_submodels: bool = False) -> dict:
+        """The source-target embedding tie (§3.4) holds whatever `tie_word_embeddings` (the output projection's
+        tie) says."""
+        tied = super().get_expanded_tied_weights_keys(all_submodels)
+        if self.config.share_encoder_decoder_embeddings:
+            tied.setdefault("decoder.embed_tokens.weight", "encoder.embed_tokens.weight")
+        return tied
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.encoder.embed_tokens
@@ -417,7 +422,7 @@ class VanillaTransformerModel(VanillaTransformerPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         decoder_inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> Seq2SeqModelOutput:
         if encoder_outputs is None:
             encoder_outputs = self.encoder(
@@ -458,8 +463,11 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
         super().__init__(config)
         self.model = VanillaTransformerModel(config)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)  # the pre-softmax projection
-        target_embeddings = "decoder" if not config.share_encoder_decoder_embeddings else "encoder"
-        self._tied_weights_keys = {"lm_head.weight": f"model.{target_embeddings}.embed_tokens.weight"}
+        if config.share_encoder_decoder_embeddings:
+            self._tied_weights_keys = {"lm_head.weight": "model.encoder.embed_tokens.weight",
+                                       "model.decoder.embed_tokens.weight": "model.encoder.embed_tokens.weight"}
+        else:
+            self._tied_weights_keys = {"lm_head.weight": "model.decoder.embed_tokens.weight"}
         self.post_init()
         self.generation_config.num_beams = 4
         self.generation_config.length_penalty = 0.6
@@ -478,7 +486,7 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         num_items_in_batch: int | torch.Tensor | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> Seq2SeqLMOutput:
         r"""
         labels (`torch.LongTensor` of shape `(batch_size, target_length)`, *optional*):
@@ -534,16 +542,41 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
 
-    def generate(self, inputs: torch.Tensor | None = None, generation_config=None, **kwargs):
-        """`GenerationMixin.generate`; with no length limit given, at most source length + 50 new tokens (§6.1)."""
+    def generate(self, inputs: torch.Tensor | None = None, generation_config=None, logits_processor=None, **kwargs):
+        """`GenerationMixin.generate`; with no length limit given, each sentence gets at most its own source length
+        + 50 new tokens (§6.1), so that a sentence translates the same alone and in any batch."""
         config = generation_config if generation_config is not None else self.generation_config
         limits = (kwargs.get("max_length"), kwargs.get("max_new_tokens"), config.max_length, config.max_new_tokens)
         source = inputs if inputs is not None else kwargs.get("input_ids", kwargs.get("inputs_embeds"))
         if all(limit is None for limit in limits) and source is not None:
             mask = kwargs.get("attention_mask")
-            source_length = int(mask.sum(-1).max()) if mask is not None else source.shape[1]
-            kwargs["max_new_tokens"] = min(source_length + 50, self.config.max_position_embeddings - 1)
-        return super().generate(inputs, generation_config, **kwargs)
+            source_lengths = mask.sum(-1) if mask is not None else torch.full(source.shape[:1], source.shape[1])
+            caps = (source_lengths + 50).clamp(max=self.config.max_position_embeddings - 1)
+            kwargs["max_new_tokens"] = int(caps.max())
+            start_length = kwargs["decoder_input_ids"].shape[1] if "decoder_input_ids" in kwargs else 1
+            limit = SourceLengthLimit(caps, start_length, config.eos_token_id)
+            logits_processor = LogitsProcessorList([*(logits_processor or []), limit])
+        return super().generate(inputs, generation_config, logits_processor=logits_processor, **kwargs)
+
+
+class SourceLengthLimit(LogitsProcessor):
+    """§6.1: "maximum output length to input length + 50", per sentence: once sentence i has `max_new_tokens[i]` - 1
+    new tokens, only EOS may follow (a suppressed EOS too). Beams and returned sequences of a sentence are
+    consecutive rows, as `generate` lays them out."""
+
+    def __init__(self, max_new_tokens: torch.Tensor, start_length: int, eos_token_id: int | list[int]):
+        self.max_new_tokens = max_new_tokens
+        self.start_length = start_length
+        self.eos_token_id = eos_token_id[0] if isinstance(eos_token_id, list) else eos_token_id
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        caps = self.max_new_tokens.to(scores.device).repeat_interleave(scores.shape[0] // len(self.max_new_tokens))
+        at_limit = input_ids.shape[1] - self.start_length >= caps - 1  # (rows,): the next token is the last allowed
+        eos = scores[:, self.eos_token_id]
+        eos = torch.where(eos.isfinite(), eos, torch.zeros_like(eos))
+        forced = torch.full_like(scores, float("-inf"))
+        forced[:, self.eos_token_id] = eos
+        return torch.where(at_limit[:, None], forced, scores)
 
 
 __all__ = [

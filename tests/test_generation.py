@@ -57,3 +57,23 @@ def test_greedy_decoding_picks_the_most_likely_token_each_step():
         logits = model(input_ids=source, decoder_input_ids=output[:, :-1]).logits
     logits[..., 2] = float("-inf")
     assert torch.equal(logits.argmax(-1)[0], output[0, 1:])
+
+
+@pytest.mark.parametrize("num_beams", [1, 4])
+def test_each_sentence_gets_its_own_length_limit_in_a_batch(num_beams):
+    """§6.1's "input length + 50" holds per sentence: a batch translates each sentence as it translates alone,
+    also when the model runs into the limit (here it never chooses EOS, whose output weights are zero)."""
+    torch.manual_seed(2)
+    model = VanillaTransformerForConditionalGeneration(tiny_config(tie_word_embeddings=False)).eval()
+    with torch.no_grad():
+        model.lm_head.weight[2] = 0.0
+    sources = [[11, 12, 13, 14, 15, 16, 17, 18, 2], [21, 22, 2], [31, 32, 33, 34, 35, 2]]
+    longest = max(map(len, sources))
+    batch = torch.tensor([s + [0] * (longest - len(s)) for s in sources])
+    batched = model.generate(input_ids=batch, attention_mask=(batch != 0).long(), num_beams=num_beams)
+    for row, source in zip(batched, sources):
+        alone = model.generate(input_ids=torch.tensor([source]), num_beams=num_beams)[0]
+        row = row[: len(alone)]
+        assert torch.equal(row, alone)
+        if num_beams == 1:  # greedy runs into the limit: source length + 50 new tokens, the last one EOS
+            assert len(alone) == 1 + len(source) + 50 and alone[-1].item() == 2 and 2 not in alone[:-1].tolist()

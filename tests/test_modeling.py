@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import run_python, tiny_config
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import AutoModel, AutoModelForSeq2SeqLM, EncoderDecoderCache
 from transformers.modeling_outputs import Seq2SeqLMOutput
 
@@ -46,7 +46,7 @@ def test_forward_returns_seq2seq_output_and_tuples(model):
 
 def test_embeddings_are_shared_tied_and_scaled(model):
     encoder, decoder = model.model.encoder, model.model.decoder
-    assert decoder.embed_tokens is encoder.embed_tokens
+    assert decoder.embed_tokens.weight is encoder.embed_tokens.weight
     assert model.lm_head.weight is encoder.embed_tokens.weight
     assert model.model.encoder.embed_tokens.weight.std().item() == pytest.approx(32**-0.5, rel=0.1)
     input_ids, attention_mask, decoder_input_ids = batch()
@@ -204,13 +204,37 @@ def test_save_load_is_bit_exact_and_keeps_the_ties(tmp_path, share, tie):
     original, reloaded = model.state_dict(), loaded.state_dict()
     assert original.keys() == reloaded.keys()
     assert all(torch.equal(original[k], reloaded[k]) for k in original)
-    assert (loaded.model.decoder.embed_tokens is loaded.model.encoder.embed_tokens) == share
+    assert (loaded.model.decoder.embed_tokens.weight is loaded.model.encoder.embed_tokens.weight) == share
     assert (loaded.lm_head.weight is loaded.model.decoder.embed_tokens.weight) == tie
     input_ids, attention_mask, decoder_input_ids = batch()
     kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids)
     assert torch.equal(model(**kwargs).logits, loaded(**kwargs).logits)
     stored = load_file(tmp_path / "model.safetensors")
     assert len(stored) == len({p.data_ptr() for p in model.parameters()})  # each shared matrix stored once
+
+
+def test_a_checkpoint_without_its_embedding_reports_it_missing(tmp_path, model):
+    """A tied weight absent from the file must be reported missing and initialised, never left on `meta`."""
+    model.save_pretrained(tmp_path)
+    stored = load_file(tmp_path / "model.safetensors")
+    save_file({k: v for k, v in stored.items() if k != "model.encoder.embed_tokens.weight"},
+              tmp_path / "model.safetensors", metadata={"format": "pt"})
+    loaded, info = VanillaTransformerForConditionalGeneration.from_pretrained(tmp_path, output_loading_info=True)
+    assert info["missing_keys"], "the embedding is missing from the file but was not reported"
+    assert all(p.device.type == "cpu" for p in loaded.parameters())
+    assert loaded.model.decoder.embed_tokens.weight is loaded.model.encoder.embed_tokens.weight
+    input_ids, attention_mask, decoder_input_ids = batch()
+    assert loaded(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids).logits.isfinite().all()
+
+
+def test_folders_saved_with_one_shared_embedding_module_still_load(tmp_path, model):
+    """Folders written before the decoder had its own embedding module store the matrix once, as the encoder's."""
+    model.save_pretrained(tmp_path)
+    assert [k for k in load_file(tmp_path / "model.safetensors") if "embed_tokens" in k or "lm_head" in k] == [
+        "model.encoder.embed_tokens.weight"]
+    loaded, info = VanillaTransformerForConditionalGeneration.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert torch.equal(loaded.model.decoder.embed_tokens.weight, model.model.encoder.embed_tokens.weight)
 
 
 @pytest.mark.parametrize("share, tie", [(True, True), (False, True), (False, False)])
@@ -222,7 +246,7 @@ def test_resize_token_embeddings_keeps_the_ties(share, tie):
     encoder, decoder = model.model.encoder.embed_tokens, model.model.decoder.embed_tokens
     assert encoder.num_embeddings == decoder.num_embeddings == model.lm_head.weight.shape[0] == 640
     assert model.config.vocab_size == 640
-    assert (decoder is encoder) == share
+    assert (decoder.weight is encoder.weight) == share
     assert (model.lm_head.weight is decoder.weight) == tie
     input_ids, attention_mask, decoder_input_ids = batch(vocab=640)
     assert model(input_ids=input_ids, attention_mask=attention_mask, labels=decoder_input_ids).logits.shape[-1] == 640
