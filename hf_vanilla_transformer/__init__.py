@@ -17,7 +17,7 @@ from .modeling_vanilla_transformer import (
 )
 from .pipeline_vanilla_transformer import TranslationPipeline
 from .plotting import plot_attention
-from .tokenization import check_tokenizer_matches_model, train_tokenizer
+from .tokenization import check_tokenizer_matches_model, record_tokenizer, train_tokenizer, vocabulary_fingerprint
 
 AutoConfig.register(VanillaTransformerConfig.model_type, VanillaTransformerConfig, exist_ok=True)
 AutoModel.register(VanillaTransformerConfig, VanillaTransformerModel, exist_ok=True)
@@ -36,5 +36,7 @@ __all__ = [
     "TranslationPipeline",
     "check_tokenizer_matches_model",
     "plot_attention",
+    "record_tokenizer",
     "train_tokenizer",
+    "vocabulary_fingerprint",
 ]

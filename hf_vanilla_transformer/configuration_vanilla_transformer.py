@@ -45,6 +45,7 @@ class VanillaTransformerConfig(PreTrainedConfig):
     decoder_start_token_id: int | None = 1
     src_lang: str | None = None  # source language code, recorded for users and the translation pipeline
     tgt_lang: str | None = None  # target language code
+    tokenizer_fingerprint: str | None = None  # of the vocabulary trained with the model (tokenization.py checks it)
 
     def __post_init__(self, **kwargs):
         self._check_hyperparameters()

@@ -11,17 +11,23 @@ import argparse
 import json
 import logging
 import string
+import sys
 from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, HfApi
 
 from .pipeline_vanilla_transformer import TranslationPipeline
+from .tokenization import record_tokenizer
 
 logger = logging.getLogger(__name__)
 
 MODEL_CARD_TEMPLATE = Path(__file__).with_name("model_card.md")
 RESULTS_NAME = "training_results.json"
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", RESULTS_NAME)
+# What `save_for_hub` and a training run write: `push` uploads these and nothing else.
+UPLOADED_FILES = (*REQUIRED_FILES, "README.md", "generation_config.json", "tokenizer_config.json",
+                  "special_tokens_map.json", "configuration_vanilla_transformer.py", "modeling_vanilla_transformer.py",
+                  "pipeline_vanilla_transformer.py", "tokenization.py", "learning_curve.png", "attention.png")
 
 
 def model_card_values(model) -> dict:
@@ -50,6 +56,7 @@ def render_model_card(values: dict, template: str | Path = MODEL_CARD_TEMPLATE) 
 def save_for_hub(folder: str | Path, model, tokenizer, results: dict) -> Path:
     """Write the Hub-ready folder: model, tokenizer and translation pipeline (with their source), results, card."""
     folder = Path(folder)
+    record_tokenizer(model.config, tokenizer)
     TranslationPipeline(model=model, tokenizer=tokenizer).save_pretrained(folder)
     values = {**model_card_values(model), "model_name": folder.name, **results}
     (folder / RESULTS_NAME).write_text(json.dumps(values, indent=2))
@@ -60,23 +67,28 @@ def save_for_hub(folder: str | Path, model, tokenizer, results: dict) -> Path:
     return folder
 
 
-def files_to_upload(folder: str | Path) -> list[str]:
-    """The folder's files, as paths relative to it, that `push` sends (hidden files stay behind)."""
+def files_to_upload(folder: str | Path) -> tuple[list[str], list[str]]:
+    """The files `push` sends (those of `UPLOADED_FILES` that the folder holds as plain files) and those it leaves
+    behind (any other file, subfolder or symbolic link), as names relative to the folder."""
     folder = Path(folder)
     missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
     if missing:
         raise FileNotFoundError(f"{folder} is not a Hub-ready folder: {', '.join(missing)} missing")
-    files = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
-    return sorted(f for f in files | {"README.md"} if not any(part.startswith(".") for part in f.split("/")))
+    present = {p.name: p for p in folder.iterdir()}
+    files = [name for name in UPLOADED_FILES if name in present and present[name].is_file()
+             and not present[name].is_symlink()]
+    left_out = sorted(name + ("/" if path.is_dir() else "") for name, path in present.items() if name not in files)
+    return sorted({*files, "README.md"}), left_out
 
 
 def push(folder: str | Path, repo_id: str, private: bool = False, dry_run: bool = False, token=None):
-    """Create `repo_id` on the Hub and upload the folder in one commit, the card rendered for `repo_id`.
+    """Create `repo_id` on the Hub and upload the folder's known files in one commit, the card rendered for
+    `repo_id`.
 
-    Returns the uploaded file list and the card; with `dry_run`, only computes them.
+    Returns the uploaded file list, the card and the folder's entries left behind; with `dry_run`, only computes them.
     """
     folder = Path(folder)
-    files = files_to_upload(folder)
+    files, left_out = files_to_upload(folder)
     values = json.loads((folder / RESULTS_NAME).read_text())
     try:
         card = render_model_card({**values, "model_name": repo_id.split("/")[-1], "repo_id": repo_id})
@@ -88,7 +100,7 @@ def push(folder: str | Path, repo_id: str, private: bool = False, dry_run: bool 
         operations = [CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode())]
         operations += [CommitOperationAdd(path_in_repo=f, path_or_fileobj=str(folder / f)) for f in files if f != "README.md"]
         api.create_commit(repo_id, operations, commit_message=f"Upload {repo_id.split('/')[-1]}")
-    return files, card
+    return files, card, left_out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -102,7 +114,9 @@ def main(argv: list[str] | None = None) -> None:
     push_parser.add_argument("--dry_run", action="store_true", help="list the files and print the card; send nothing")
     args = parser.parse_args(argv)
 
-    files, card = push(args.model, args.repo_id, args.private, args.dry_run, args.token)
+    files, card, left_out = push(args.model, args.repo_id, args.private, args.dry_run, args.token)
+    if left_out:
+        print(f"Not uploaded (not files this package writes): {', '.join(left_out)}", file=sys.stderr)
     if args.dry_run:
         print(f"Would upload {len(files)} files to {args.repo_id}:")
         print("\n".join(f"  {f}" for f in files))

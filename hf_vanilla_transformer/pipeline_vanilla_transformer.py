@@ -6,10 +6,12 @@ transformers 5 removed its `translation` task, but `pipeline()` still honours a 
     pipeline("translation", model="user/name", trust_remote_code=True)("Ein Hund läuft.")
     # [{'translation_text': 'A dog is running.'}]
 
-works with or without this package installed. It imports only `transformers`.
+works with or without this package installed. It imports only `transformers` and the tokenizer check.
 """
 
 from transformers import Pipeline
+
+from .tokenization import check_tokenizer_matches_model
 
 
 class TranslationPipeline(Pipeline):
@@ -25,6 +27,10 @@ class TranslationPipeline(Pipeline):
     _load_processor = False
     _load_image_processor = False
     _load_feature_extractor = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        check_tokenizer_matches_model(self.tokenizer, self.model.config)
 
     def _sanitize_parameters(self, src_lang=None, tgt_lang=None, truncation=None, **generate_kwargs):
         for name, requested in (("src_lang", src_lang), ("tgt_lang", tgt_lang)):

@@ -5,6 +5,8 @@ punctuation split off words. Decoding gives back the normalised text exactly, th
 scores.
 """
 
+import hashlib
+import json
 from collections.abc import Iterable
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -55,12 +57,25 @@ def train_tokenizer(
     )
 
 
+def vocabulary_fingerprint(tokenizer) -> str:
+    """The first 16 hex digits of the SHA-256 of the vocabulary (every token with its id), special tokens included."""
+    vocabulary = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
+    return hashlib.sha256(json.dumps(vocabulary, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
 def check_tokenizer_matches_model(tokenizer, config) -> None:
-    """Raise a `ValueError` naming the mismatch when a tokenizer cannot drive a model."""
+    """Raise a `ValueError` naming the mismatch when a tokenizer cannot drive a model: more tokens than the model
+    has, other special-token ids, or, where the config records it (`tokenizer_fingerprint`), another vocabulary."""
     if len(tokenizer) > config.vocab_size:
         raise ValueError(
             f"The tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {config.vocab_size}: "
             "they were not trained together"
+        )
+    expected = getattr(config, "tokenizer_fingerprint", None)
+    if expected is not None and vocabulary_fingerprint(tokenizer) != expected:
+        raise ValueError(
+            f"The tokenizer's vocabulary ({len(tokenizer)} tokens, fingerprint {vocabulary_fingerprint(tokenizer)}) is "
+            f"not the one the model was trained with (fingerprint {expected}): load the tokenizer saved with the model"
         )
     for name in ("pad_token_id", "eos_token_id"):
         if getattr(tokenizer, name) != getattr(config, name):
@@ -68,3 +83,10 @@ def check_tokenizer_matches_model(tokenizer, config) -> None:
                 f"tokenizer.{name}={getattr(tokenizer, name)} but config.{name}={getattr(config, name)}: "
                 "they were not trained together"
             )
+
+
+def record_tokenizer(config, tokenizer) -> None:
+    """Check that `tokenizer` can drive a model of `config`, then record its vocabulary's fingerprint there, so
+    that every later load can tell this tokenizer from any other."""
+    check_tokenizer_matches_model(tokenizer, config)
+    config.tokenizer_fingerprint = vocabulary_fingerprint(tokenizer)

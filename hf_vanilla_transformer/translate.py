@@ -2,28 +2,53 @@
 
     python -m hf_vanilla_transformer.translate --model DIR_OR_REPO_ID "Ein Hund läuft."
     python -m hf_vanilla_transformer.translate --model DIR < sentences.txt > translations.txt
+
+One output line per input line: a blank line gives a blank translation.
 """
 
 import argparse
+import logging
 import sys
+from pathlib import Path
 
 import torch
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from . import check_tokenizer_matches_model
 
+logger = logging.getLogger(__name__)
+
+UNKNOWN_SHARE_WARNING = 0.1  # warn when more of the input's tokens than this are <unk>
+
 
 def translate(model, tokenizer, sentences: list[str], batch_size: int = 64, **generate_kwargs) -> list[str]:
     """Translate `sentences` with `model.generate` (the model's generation config unless overridden), batching
-    sentences of similar length together; the translations come back in input order."""
-    for index, sentence in enumerate(sentences):
-        if not sentence.strip():
-            raise ValueError(f"Sentence {index} is empty: there is nothing to translate")
-    order = sorted(range(len(sentences)), key=lambda i: len(sentences[i]))
+    sentences of similar length together; the translations come back in input order.
+
+    A blank sentence translates to "". A source longer than the model's `max_position_embeddings` is truncated, and
+    input the vocabulary does not know (many `<unk>` tokens) is reported, both with a warning.
+    """
+    max_length = model.config.max_position_embeddings
+    todo = [i for i, sentence in enumerate(sentences) if sentence.strip()]
+    encoded = dict(zip(todo, tokenizer([sentences[i] for i in todo])["input_ids"])) if todo else {}
+    too_long = [i for i, ids in encoded.items() if len(ids) > max_length]
+    if too_long:
+        logger.warning("%d sentence(s) longer than max_position_embeddings=%d tokens were truncated (the first: "
+                       "sentence %d, %d tokens)", len(too_long), max_length, too_long[0], len(encoded[too_long[0]]))
+        for i in too_long:
+            encoded[i] = encoded[i][: max_length - 1] + [tokenizer.eos_token_id]
+    tokens = sum(len(ids) - 1 for ids in encoded.values())  # without each sentence's </s>
+    unknown = sum(ids.count(tokenizer.unk_token_id) for ids in encoded.values())
+    if tokens and unknown / tokens > UNKNOWN_SHARE_WARNING:
+        language = f" in {model.config.src_lang}" if getattr(model.config, "src_lang", None) else ""
+        logger.warning("%.0f%% of the input's tokens are unknown to the model's vocabulary (<unk>): is the input%s?",
+                       100 * unknown / tokens, language)
+
+    order = sorted(todo, key=lambda i: len(sentences[i]))
     translations = [""] * len(sentences)
     for start in range(0, len(order), batch_size):
         indices = order[start : start + batch_size]
-        batch = tokenizer([sentences[i] for i in indices], return_tensors="pt", padding=True).to(model.device)
+        batch = tokenizer.pad({"input_ids": [encoded[i] for i in indices]}, return_tensors="pt").to(model.device)
         with torch.inference_mode():
             generated = model.generate(**batch, **generate_kwargs)
         for i, text in zip(indices, tokenizer.batch_decode(generated, skip_special_tokens=True)):
@@ -32,12 +57,31 @@ def translate(model, tokenizer, sentences: list[str], batch_size: int = 64, **ge
 
 
 def load_translator(name_or_path: str, device: str | None = None, **kwargs):
-    """The model (in eval mode, on `device`) and tokenizer of a saved folder or Hub repository."""
-    model = AutoModelForSeq2SeqLM.from_pretrained(name_or_path, **kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+    """The model (in eval mode, on `device`) and tokenizer of a saved folder or Hub repository, checked to belong
+    together (`check_tokenizer_matches_model`)."""
+    path = Path(name_or_path).expanduser()
+    looks_local = path.is_absolute() or name_or_path.startswith((".", "~")) or name_or_path.count("/") > 1
+    if path.exists() and not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{name_or_path} is not a saved model: it has no config.json")
+    if not path.exists() and looks_local:
+        raise FileNotFoundError(f"No model folder at {name_or_path}")
+    model = AutoModelForSeq2SeqLM.from_pretrained(path if path.exists() else name_or_path, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(path if path.exists() else name_or_path, **kwargs)
     check_tokenizer_matches_model(tokenizer, model.config)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return model.to(device).eval(), tokenizer
+
+
+def read_stdin() -> list[str]:
+    """Standard input's lines; input that is not UTF-8 stops with the line number."""
+    lines = []
+    for number, line in enumerate(sys.stdin.buffer, start=1):
+        try:
+            lines.append(line.decode("utf-8").rstrip("\r\n"))
+        except UnicodeDecodeError:
+            raise SystemExit(f"error: standard input, line {number}, is not UTF-8; convert it, e.g. with "
+                             "`iconv -t utf-8`") from None
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -50,8 +94,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     args = parser.parse_args(argv)
 
-    sentences = args.sentences or [line.rstrip("\n") for line in sys.stdin]
-    model, tokenizer = load_translator(args.model, args.device)
+    sentences = args.sentences or read_stdin()
+    try:
+        model, tokenizer = load_translator(args.model, args.device)
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"error: --model {args.model}: {error}") from None
     options = {k: v for k, v in (("num_beams", args.num_beams), ("max_new_tokens", args.max_new_tokens)) if v}
     for translation in translate(model, tokenizer, sentences, args.batch_size, **options):
         print(translation)

@@ -129,8 +129,14 @@ print(json.dumps([type(model).__module__, tokenizer.batch_decode(out, skip_speci
         assert translations == expected
 
 
-def test_push_dry_run_lists_exactly_the_files_it_would_send(hub_folder):
+def test_push_dry_run_lists_exactly_the_files_it_would_send(hub_folder, tmp_path):
+    """Only the files the package writes go up: never stray files, subfolders or symbolic links in the folder."""
     folder, _ = hub_folder
+    (folder / "notes.txt").write_text("private")
+    (folder / "checkpoints").mkdir()
+    (folder / "checkpoints" / "model.safetensors").write_bytes(b"x")
+    (tmp_path / "secret").write_text("token")
+    (folder / "learning_curve.png").symlink_to(tmp_path / "secret")
     result = subprocess.run([sys.executable, "-m", "hf_vanilla_transformer.hub", "push", "--model", str(folder),
                              "--repo_id", "someone/vanilla-de-en", "--dry_run"], cwd=ROOT, capture_output=True,
                             text=True, timeout=300)
@@ -139,7 +145,8 @@ def test_push_dry_run_lists_exactly_the_files_it_would_send(hub_folder):
     assert listed == sorted([
         "README.md", "config.json", "configuration_vanilla_transformer.py", "generation_config.json",
         "model.safetensors", "modeling_vanilla_transformer.py", "pipeline_vanilla_transformer.py", "tokenizer.json",
-        "tokenizer_config.json", "training_results.json"])
+        "tokenizer_config.json", "tokenization.py", "training_results.json"])
+    assert "Not uploaded (not files this package writes): checkpoints/, learning_curve.png, notes.txt" in result.stderr
     assert 'pipeline("translation", model="someone/vanilla-de-en", trust_remote_code=True)' in result.stdout
 
 
@@ -158,7 +165,9 @@ def test_push_sends_one_commit_with_the_card_for_the_repo(hub_folder, monkeypatc
             calls["commit"] = (repo_id, operations)
 
     monkeypatch.setattr(hub, "HfApi", FakeApi)
-    files, card = hub.push(folder, "someone/vanilla-de-en", private=True, token="secret")
+    (folder / "stray.bin").write_bytes(b"x")
+    files, card, left_out = hub.push(folder, "someone/vanilla-de-en", private=True, token="secret")
+    assert left_out == ["stray.bin"] and "stray.bin" not in files
     assert calls["repo"] == ("someone/vanilla-de-en", True, True) and calls["token"] == "secret"
     operations = calls["commit"][1]
     assert sorted(op.path_in_repo for op in operations) == files

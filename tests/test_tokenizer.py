@@ -2,7 +2,13 @@ import pytest
 from conftest import read_multi30k
 from transformers import AutoTokenizer
 
-from hf_vanilla_transformer import VanillaTransformerConfig, check_tokenizer_matches_model, train_tokenizer
+from hf_vanilla_transformer import (
+    VanillaTransformerConfig,
+    check_tokenizer_matches_model,
+    record_tokenizer,
+    train_tokenizer,
+    vocabulary_fingerprint,
+)
 
 
 def test_special_tokens_have_the_configs_ids(tokenizer):
@@ -61,3 +67,19 @@ def test_mismatched_tokenizer_and_model_are_reported(tokenizer):
     with pytest.raises(ValueError, match="pad_token_id"):
         check_tokenizer_matches_model(tokenizer, VanillaTransformerConfig(vocab_size=600, pad_token_id=5))
     check_tokenizer_matches_model(tokenizer, VanillaTransformerConfig(vocab_size=600))
+
+
+def test_a_tokenizer_with_another_vocabulary_is_refused(tmp_path, tokenizer, pairs):
+    """Same size, same special ids, other tokens: only the recorded vocabulary fingerprint tells them apart."""
+    config = VanillaTransformerConfig(vocab_size=600)
+    record_tokenizer(config, tokenizer)
+    assert config.tokenizer_fingerprint == vocabulary_fingerprint(tokenizer)
+    other_data = read_multi30k("train", "de", 4000)[2000:] + read_multi30k("train", "en", 4000)[2000:]
+    same_size = train_tokenizer(other_data, vocab_size=600)
+    assert len(same_size) == 600 and same_size.pad_token_id == tokenizer.pad_token_id
+    smaller = train_tokenizer([s for pair in pairs for s in pair], vocab_size=500)
+    for wrong in (same_size, smaller):
+        with pytest.raises(ValueError, match="not the one the model was trained with"):
+            check_tokenizer_matches_model(wrong, config)
+    tokenizer.save_pretrained(tmp_path)
+    check_tokenizer_matches_model(AutoTokenizer.from_pretrained(tmp_path), config)  # a reload is the same vocabulary

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration
 from hf_vanilla_transformer.metrics import bleu_compute_metrics, corpus_bleu, load_bleu
 from training import checkpoints
-from training.data import TokenBatchSampler, load_translation_dataset, tokenize
+from training.data import DataError, TokenBatchSampler, load_translation_dataset, tokenize
 from training.train import paper_optimizer
 
 
@@ -104,6 +104,55 @@ def test_checkpoints_are_atomic_verified_and_rotated(tmp_path):
     assert checkpoints.usable_checkpoints(tmp_path) == []
 
 
+def test_pruning_never_deletes_the_checkpoint_just_written(tmp_path):
+    """Left-over checkpoints of higher steps must not push out the new ones: the newest written always stays."""
+    accelerator = Accelerator(cpu=True)
+    accelerator.prepare(VanillaTransformerForConditionalGeneration(tiny_config()))
+    for step in (50, 60):
+        checkpoints.save_checkpoint(accelerator, tmp_path, step, {"epoch": 0, "batches_done": step}, keep=2)
+    checkpoints.save_checkpoint(accelerator, tmp_path, 10, {"epoch": 0, "batches_done": 10}, keep=2)
+    assert [p.name for p in checkpoints.checkpoint_dirs(tmp_path)] == ["step-00000010", "step-00000060"]
+    checkpoints.set_aside(tmp_path / "step-00000060", "a test", accelerator)
+    assert [p.name for p in checkpoints.checkpoint_dirs(tmp_path)] == ["step-00000010"]
+    assert (tmp_path / "unusable-step-00000060").is_dir()
+
+
+def test_a_full_disk_while_checkpointing_names_the_folder_and_keeps_earlier_checkpoints(tmp_path, monkeypatch):
+    import errno
+
+    accelerator = Accelerator(cpu=True)
+    accelerator.prepare(VanillaTransformerForConditionalGeneration(tiny_config()))
+    checkpoints.save_checkpoint(accelerator, tmp_path, 10, {"epoch": 0, "batches_done": 10}, keep=2)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(accelerator, "save_state", disk_full)
+    with pytest.raises(SystemExit, match=f"No space left on device at {tmp_path}.*step 20.*step-00000010"):
+        checkpoints.save_checkpoint(accelerator, tmp_path, 20, {"epoch": 0, "batches_done": 20}, keep=2)
+    assert [p.name for p in tmp_path.iterdir()] == ["step-00000010"]  # no half-written folder left
+    assert checkpoints.checkpoint_problem(tmp_path / "step-00000010") is None
+
+
+def test_a_damaged_random_state_is_a_checkpoint_problem(tmp_path):
+    accelerator = Accelerator(cpu=True)
+    accelerator.prepare(VanillaTransformerForConditionalGeneration(tiny_config()))
+    path = checkpoints.save_checkpoint(accelerator, tmp_path, 10, {"epoch": 0, "batches_done": 10}, keep=2)
+    assert checkpoints.rng_state_problem(path, 0) is None
+    assert "random_states_1.pkl is missing" in checkpoints.rng_state_problem(path, 1)
+    (path / "random_states_0.pkl").write_bytes(b"not a pickle")
+    assert "random_states_0.pkl cannot be read" in checkpoints.rng_state_problem(path, 0)
+
+
+def test_weights_of_another_model_are_a_checkpoint_problem(tmp_path):
+    accelerator = Accelerator(cpu=True)
+    accelerator.prepare(VanillaTransformerForConditionalGeneration(tiny_config()))
+    path = checkpoints.save_checkpoint(accelerator, tmp_path, 10, {"epoch": 0, "batches_done": 10}, keep=2)
+    assert checkpoints.weights_problem(path, VanillaTransformerForConditionalGeneration(tiny_config())) is None
+    wider = VanillaTransformerForConditionalGeneration(tiny_config(d_model=64))
+    assert "weights are of another model" in checkpoints.weights_problem(path, wider)
+
+
 def test_bleu_of_a_perfect_translation_is_100_and_offline_equals_sacrebleu():
     metric = load_bleu()
     assert "sacrebleu" in type(metric).__module__.lower() or metric.name == "sacrebleu"
@@ -141,7 +190,7 @@ def test_embedded_multi30k_and_local_files_load(tmp_path, tokenizer):
     (tmp_path / "text.en").write_text("A dog.\n")
     with pytest.raises(ValueError, match="line-aligned"):
         load_translation_dataset("de", "en", train_file=str(prefix))
-    with pytest.raises(FileNotFoundError, match="text.fr"):
+    with pytest.raises(DataError, match="text.fr"):
         load_translation_dataset("de", "fr", train_file=str(prefix))
     tokenized = tokenize(tsv["train"], tokenizer, "de", "en", max_length=64)
     assert tokenized.column_names == ["input_ids", "attention_mask", "labels", "length"]
@@ -166,3 +215,45 @@ def test_hub_style_datasets_with_a_translation_feature_load(tmp_path):
     assert sorted(splits) == ["test", "train", "validation"] and splits["train"][1]["translation"]["en"] == "A cat."
     with pytest.raises(ValueError, match=r"languages \['de', 'en'\], not de and fr"):
         load_translation_dataset("de", "fr", dataset_name=str(tmp_path))
+
+
+def test_tsv_is_two_columns_or_a_header_naming_them(tmp_path):
+    three = tmp_path / "three.tsv"
+    three.write_text("Ein Hund.\tA dog.\tflickr\nZwei Katzen.\tTwo cats.\tflickr\n")
+    with pytest.raises(DataError, match=r"three.tsv, line 1: 3 tab-separated column\(s\), expected 2"):
+        load_translation_dataset("de", "en", train_file=str(three))
+    named = tmp_path / "named.tsv"
+    named.write_text("domain\ten\tde\nflickr\tA dog.\tEin Hund.\nflickr\tTwo cats.\tZwei Katzen.\n")
+    pairs = load_translation_dataset("de", "en", train_file=str(named))["train"]["translation"]
+    assert pairs == [{"de": "Ein Hund.", "en": "A dog."}, {"de": "Zwei Katzen.", "en": "Two cats."}]
+    named.write_text("de\ten\tdomain\nEin Hund.\tA dog.\tflickr\nZwei Katzen.\tTwo cats.\n")
+    with pytest.raises(DataError, match="named.tsv, line 3: 2 tab-separated column.*the 3 of the header"):
+        load_translation_dataset("de", "en", train_file=str(named))
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("latin1.tsv", "Ein Hund.\tA dog.\nGrüße.\tGreetings.\n".encode("latin-1"), r"latin1.tsv, line 2: not UTF-8"),
+    ("empty.tsv", b"\n", r"empty.tsv is empty"),
+    ("mixed.tsv", b"Ein Hund.\tA dog.\nZwei Katzen.\n", r"mixed.tsv, line 2: 1 tab-separated column"),
+    ("broken.jsonl", b'{"translation": {"de": "a", "en": "b"}}\n{"translation": \n', r"broken.jsonl, line 2: not valid JSON"),
+    ("keys.jsonl", b'{"translation": {"de": "a", "en": "b"}}\n{"translation": {"de": "a", "fr": "b"}}\n',
+     r"keys.jsonl, line 2: no en text \(found \['de', 'fr'\]\)"),
+    ("text.de", "Grüße.\n".encode("latin-1"), r"text.de, line 1: not UTF-8"),
+])
+def test_bad_data_files_give_one_line_errors_naming_file_and_line(tmp_path, name, content, message):
+    (tmp_path / name).write_bytes(content)
+    (tmp_path / "text.en").write_text("Greetings.\n")
+    path = tmp_path / (name if not name.startswith("text.") else "text")
+    with pytest.raises(DataError, match=message) as error:
+        load_translation_dataset("de", "en", train_file=str(path))
+    assert "\n" not in str(error.value)
+
+
+def test_over_long_pairs_are_left_out_of_tokenized_data(tokenizer):
+    from datasets import Dataset
+
+    long = " ".join(["Hund"] * 100)
+    pairs = Dataset.from_dict({"translation": [{"de": "Ein Hund.", "en": "A dog."}, {"de": long, "en": "Dogs."},
+                                               {"de": "Katzen.", "en": long}]})
+    tokenized = tokenize(pairs, tokenizer, "de", "en", max_length=64)
+    assert len(tokenized) == 1 and tokenized[0]["length"] <= 64

@@ -3,9 +3,11 @@
 A checkpoint is `accelerator.save_state` (weights as safetensors, optimizer, scheduler, every process's RNG state)
 plus `trainer_state.json`, written into a temporary folder that is renamed to `step-NNNNNNNN` once complete: a
 killed run leaves at most a `.tmp-*` folder, which is never read. `trainer_state.json` records each file's size
-and SHA-256, so a checkpoint damaged later is recognised and skipped in favour of the one before it.
+and SHA-256, so a checkpoint damaged later is recognised and skipped in favour of the one before it; a checkpoint
+that cannot be used is set aside as `unusable-step-NNNNNNNN`, where it is neither resumed, counted nor averaged.
 """
 
+import errno
 import hashlib
 import json
 import logging
@@ -14,6 +16,8 @@ import shutil
 from pathlib import Path
 
 import torch
+from accelerate.utils import load as load_accelerate_file
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 logger = logging.getLogger(__name__)
@@ -21,6 +25,7 @@ logger = logging.getLogger(__name__)
 STATE_NAME = "trainer_state.json"
 WEIGHTS_NAME = "model.safetensors"
 PREFIX = "step-"
+SET_ASIDE_PREFIX = "unusable-"
 
 
 def _sha256(path: Path) -> str:
@@ -37,32 +42,61 @@ def checkpoint_dirs(root: str | os.PathLike) -> list[Path]:
     if not root.is_dir():
         return []
     found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX) :].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[len(PREFIX) :]))
+    return sorted(found, key=step_of)
+
+
+def step_of(path: Path) -> int:
+    return int(path.name[len(PREFIX) :])
 
 
 def save_checkpoint(accelerator, root: str | os.PathLike, step: int, state: dict, keep: int) -> Path:
-    """Write the training state for `step` atomically and keep only the newest `keep` checkpoints."""
+    """Write the training state for `step` atomically and keep only the newest `keep` checkpoints, this one always.
+
+    A full disk stops the run with a message naming the folder; the checkpoints already written stay intact.
+    """
     root = Path(root)
     final = root / f"{PREFIX}{step:08d}"
     temporary = root / f".tmp-{final.name}"
-    if accelerator.is_main_process:
+    try:
+        if accelerator.is_main_process:
+            shutil.rmtree(temporary, ignore_errors=True)
+            temporary.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(temporary), safe_serialization=True)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            files = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(temporary.iterdir())}
+            with open(temporary / STATE_NAME, "w") as file:
+                json.dump({**state, "step": step, "files": files}, file, indent=2)
+                file.flush()
+                os.fsync(file.fileno())
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(temporary, final)
+    except (OSError, RuntimeError) as error:  # torch reports a full disk as a RuntimeError
+        if not (getattr(error, "errno", None) == errno.ENOSPC or "No space left" in str(error)):
+            raise
         shutil.rmtree(temporary, ignore_errors=True)
-        temporary.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(temporary), safe_serialization=True)
-    accelerator.wait_for_everyone()
+        kept = ", ".join(p.name for p in checkpoint_dirs(root)) or "none"
+        raise SystemExit(f"No space left on device at {root}: the checkpoint of step {step} was not written "
+                         f"(intact checkpoints: {kept}). Free some space, then resume with "
+                         "--resume_from_checkpoint latest.") from None
     if accelerator.is_main_process:
-        files = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(temporary.iterdir())}
-        with open(temporary / STATE_NAME, "w") as file:
-            json.dump({**state, "step": step, "files": files}, file, indent=2)
-            file.flush()
-            os.fsync(file.fileno())
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(temporary, final)
-        for old in checkpoint_dirs(root)[:-keep]:
+        older = [p for p in checkpoint_dirs(root) if p != final]
+        for old in older[: max(len(older) - (keep - 1), 0)]:
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
     return final
+
+
+def set_aside(path: Path, reason: str, accelerator) -> None:
+    """Rename an unusable checkpoint to `unusable-step-N` (kept for inspection, never used again)."""
+    target = path.with_name(SET_ASIDE_PREFIX + path.name)
+    number = 1
+    while target.exists():
+        target, number = path.with_name(f"{SET_ASIDE_PREFIX}{number}-{path.name}"), number + 1
+    logger.warning("Setting checkpoint %s aside as %s: %s", path, target.name, reason)
+    if accelerator.is_main_process:
+        os.replace(path, target)
 
 
 def checkpoint_problem(path: str | os.PathLike) -> str | None:
@@ -80,6 +114,30 @@ def checkpoint_problem(path: str | os.PathLike) -> str | None:
             return f"{name} is damaged (its size or checksum differs from when it was written)"
     if WEIGHTS_NAME not in state.get("files", {}):
         return f"{WEIGHTS_NAME} was never written"
+    return None
+
+
+def weights_problem(path: str | os.PathLike, model) -> str | None:
+    """Why the checkpoint's weights do not fit `model` (another architecture or vocabulary), or None."""
+    expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    with safe_open(Path(path) / WEIGHTS_NAME, framework="pt") as weights:
+        for name in weights.keys():
+            shape = tuple(weights.get_slice(name).get_shape())
+            if expected.get(name) != shape:
+                here = f"{expected[name]} here" if name in expected else "not in this model"
+                return f"its weights are of another model ({name}: {shape} in the checkpoint, {here})"
+    return None
+
+
+def rng_state_problem(path: str | os.PathLike, process_index: int) -> str | None:
+    """Why process `process_index` cannot restore its random state from the checkpoint, or None."""
+    file = Path(path) / f"random_states_{process_index}.pkl"
+    if not file.is_file():
+        return f"{file.name} is missing"
+    try:
+        load_accelerate_file(file)
+    except Exception as error:  # the same reader accelerate uses, which would otherwise only log an info line
+        return f"{file.name} cannot be read ({type(error).__name__}: {error})"
     return None
 
 

@@ -2,16 +2,19 @@
 
 Every source becomes a `datasets.Dataset` with the `translation` column of the Hugging Face translation examples
 (`{"de": ..., "en": ...}` per row): the Multi30k copy embedded in this repository (the default, offline), a Hub
-dataset (`--dataset_name wmt14 --dataset_config_name de-en`) or local files: `.tsv` (source<TAB>target),
-`.jsonl`/`.json` (a `translation` column) or a parallel-text prefix (`PREFIX.de` and `PREFIX.en`, optionally gzipped).
+dataset (`--dataset_name wmt14 --dataset_config_name de-en`) or local UTF-8 files: `.tsv` (exactly two columns,
+source<TAB>target, or a first line naming the columns, e.g. `de<TAB>en<TAB>domain`), `.jsonl`/`.json` (a
+`translation` object or the two language keys per row) or a parallel-text prefix (`PREFIX.de` and `PREFIX.en`,
+optionally gzipped). A file that is not that raises `DataError`, naming the file and line.
 """
 
-import csv
+import gzip
+import json
 import logging
 from pathlib import Path
 
 import numpy as np
-from datasets import Dataset, DatasetDict, concatenate_datasets, load_dataset
+from datasets import Dataset, DatasetDict, load_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -19,56 +22,102 @@ MULTI30K = Path(__file__).resolve().parent.parent / "data" / "multi30k"
 MULTI30K_SPLITS = {"train": "train", "validation": "val", "test": "test_2016_flickr"}
 
 
-def _parallel_text_file(prefix: str, lang: str) -> Path:
-    for candidate in (Path(f"{prefix}.{lang}"), Path(f"{prefix}.{lang}.gz")):
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(f"No parallel text for language {lang!r}: neither {prefix}.{lang} nor {prefix}.{lang}.gz")
+class DataError(ValueError):
+    """A data file that is not translation pairs; the message names the file and, where it can, the line."""
+
+
+def read_lines(path: str | Path) -> list[str]:
+    """The lines of a UTF-8 text file (gzipped when its name ends in `.gz`), without their line ends."""
+    path = Path(path)
+    with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as file:
+        data = file.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise DataError(f"{path}, line {line}: not UTF-8 (byte {data[error.start]:#04x}); convert the file to UTF-8, "
+                        "e.g. with `iconv -t utf-8`") from None
+    if not text.strip():
+        raise DataError(f"{path} is empty")
+    lines = text.split("\n")  # not splitlines(): a sentence may hold U+2028 and other "line breaks"
+    if lines[-1] == "":
+        lines.pop()
+    return [line.removesuffix("\r") for line in lines]
+
+
+def _pairs_dataset(pairs: list[dict]) -> Dataset:
+    return Dataset.from_dict({"translation": pairs})
 
 
 def load_parallel_text(prefix: str, source_lang: str, target_lang: str) -> Dataset:
     """Line-aligned `PREFIX.SRC` and `PREFIX.TGT` files (optionally `.gz`), one sentence a line."""
     sides = []
     for lang in (source_lang, target_lang):
-        path = _parallel_text_file(prefix, lang)
-        side = load_dataset("text", data_files=str(path), split="train")
-        sides.append(side.rename_column("text", lang))
+        candidates = [Path(f"{prefix}.{lang}"), Path(f"{prefix}.{lang}.gz")]
+        path = next((p for p in candidates if p.is_file()), None)
+        if path is None:
+            raise DataError(f"No parallel text for language {lang!r}: neither {candidates[0]} nor {candidates[1]}")
+        sides.append(read_lines(path))
     if len(sides[0]) != len(sides[1]):
-        raise ValueError(
-            f"{prefix}: {len(sides[0])} {source_lang} lines but {len(sides[1])} {target_lang} lines; "
-            "parallel files must be line-aligned"
-        )
-    return _to_translation(concatenate_datasets(sides, axis=1), source_lang, target_lang)
+        raise DataError(f"{prefix}: {len(sides[0])} {source_lang} lines but {len(sides[1])} {target_lang} lines; "
+                        "parallel files must be line-aligned")
+    return _pairs_dataset([{source_lang: s, target_lang: t} for s, t in zip(*sides)])
 
 
-def _to_translation(dataset: Dataset, source_lang: str, target_lang: str) -> Dataset:
-    return dataset.map(
-        lambda batch: {"translation": [{source_lang: s, target_lang: t} for s, t in zip(batch[source_lang], batch[target_lang])]},
-        batched=True,
-        remove_columns=dataset.column_names,
-    )
+def load_tsv(path: str, source_lang: str, target_lang: str) -> Dataset:
+    """Tab-separated pairs: exactly two columns, source then target, or any columns under a first line that
+    names them (`de<TAB>en<TAB>domain`), the languages read by name. Every line has the same number of columns."""
+    lines = read_lines(path)
+    header = lines[0].split("\t")
+    has_header = source_lang in header and target_lang in header
+    columns = header if has_header else [source_lang, target_lang]
+    pairs = []
+    for number, line in enumerate(lines[1:] if has_header else lines, start=2 if has_header else 1):
+        cells = line.split("\t")
+        if len(cells) != len(columns):
+            layout = f"the {len(columns)} of the header" if has_header else (
+                f"2 ({source_lang}<TAB>{target_lang}), or a first line naming the columns")
+            raise DataError(f"{path}, line {number}: {len(cells)} tab-separated column(s), expected {layout}")
+        row = dict(zip(columns, cells))
+        pairs.append({source_lang: row[source_lang], target_lang: row[target_lang]})
+    return _pairs_dataset(pairs)
+
+
+def load_jsonl(path: str, source_lang: str, target_lang: str) -> Dataset:
+    """JSON lines (or a `.json` list) of `{"translation": {"de": ..., "en": ...}}` or `{"de": ..., "en": ...}`."""
+    lines = read_lines(path)
+    if path.endswith(".json") and lines[0].lstrip().startswith("["):
+        try:
+            rows = list(enumerate(json.loads("\n".join(lines)), start=1))
+        except json.JSONDecodeError as error:
+            raise DataError(f"{path}, line {error.lineno}: not valid JSON ({error.msg})") from None
+        where = "item"
+    else:
+        rows, where = [], "line"
+        for number, line in enumerate(lines, start=1):
+            if line.strip():
+                try:
+                    rows.append((number, json.loads(line)))
+                except json.JSONDecodeError as error:
+                    raise DataError(f"{path}, line {number}: not valid JSON ({error.msg})") from None
+    pairs = []
+    for number, row in rows:
+        pair = row.get("translation", row) if isinstance(row, dict) else None
+        missing = [lang for lang in (source_lang, target_lang) if not isinstance((pair or {}).get(lang), str)]
+        if missing:
+            found = sorted(pair) if isinstance(pair, dict) else type(row).__name__
+            raise DataError(f"{path}, {where} {number}: no {' or '.join(missing)} text (found {found}); expected "
+                            f'{{"translation": {{"{source_lang}": ..., "{target_lang}": ...}}}}')
+        pairs.append({source_lang: pair[source_lang], target_lang: pair[target_lang]})
+    return _pairs_dataset(pairs)
 
 
 def load_file(path: str, source_lang: str, target_lang: str) -> Dataset:
     """A local split: `.tsv`, `.jsonl`/`.json`, or a parallel-text prefix."""
     if path.endswith(".tsv"):
-        dataset = load_dataset(
-            "csv",
-            data_files=path,
-            split="train",
-            delimiter="\t",
-            column_names=[source_lang, target_lang],
-            quoting=csv.QUOTE_NONE,
-            keep_default_na=False,
-        )
-        return _to_translation(dataset, source_lang, target_lang)
+        return load_tsv(path, source_lang, target_lang)
     if path.endswith((".jsonl", ".json")):
-        dataset = load_dataset("json", data_files=path, split="train")
-        if "translation" not in dataset.column_names:
-            if {source_lang, target_lang} <= set(dataset.column_names):
-                return _to_translation(dataset, source_lang, target_lang)
-            raise ValueError(f"{path} has columns {dataset.column_names}; expected `translation`")
-        return dataset
+        return load_jsonl(path, source_lang, target_lang)
     return load_parallel_text(path, source_lang, target_lang)
 
 
@@ -116,16 +165,18 @@ def load_translation_dataset(
 
 def tokenize(dataset: Dataset, tokenizer, source_lang: str, target_lang: str, max_length: int) -> Dataset:
     """Source ids, attention mask, target `labels` and the pair's `length` (the longer side, for batching) with
-    `datasets.map` (cached)."""
+    `datasets.map`; pairs with a side longer than `max_length` tokens are left out (callers count them)."""
 
     def encode(batch):
         sources = [pair[source_lang] for pair in batch["translation"]]
         targets = [pair[target_lang] for pair in batch["translation"]]
-        encoded = tokenizer(sources, text_target=targets, truncation=True, max_length=max_length)
+        encoded = tokenizer(sources, text_target=targets)
         encoded["length"] = [max(len(s), len(t)) for s, t in zip(encoded["input_ids"], encoded["labels"])]
         return encoded
 
-    return dataset.map(encode, batched=True, remove_columns=dataset.column_names, desc="Tokenizing")
+    encoded = dataset.map(encode, batched=True, remove_columns=dataset.column_names, desc="Tokenizing")
+    return encoded.filter(lambda lengths: [n <= max_length for n in lengths], input_columns="length", batched=True,
+                          desc="Leaving out over-long pairs")
 
 
 class TokenBatchSampler:

@@ -8,7 +8,7 @@ import json
 
 from hf_vanilla_transformer.metrics import corpus_bleu
 from hf_vanilla_transformer.translate import load_translator, translate
-from training.data import load_translation_dataset
+from training.data import DataError, load_translation_dataset
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -28,13 +28,19 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--output_file", default=None, help="write the translations here, one a line")
     args = parser.parse_args(argv)
 
-    model, tokenizer = load_translator(args.model, args.device)
+    try:
+        model, tokenizer = load_translator(args.model, args.device)
+    except (OSError, ValueError) as error:
+        parser.error(f"--model {args.model}: {error}")
     source_lang = args.source_lang or model.config.src_lang
     target_lang = args.target_lang or model.config.tgt_lang
     if not (source_lang and target_lang):
         parser.error("the model does not record its languages: pass --source_lang and --target_lang")
-    splits = load_translation_dataset(source_lang, target_lang, args.dataset_name, args.dataset_config_name,
-                                      test_file=args.test_file)
+    try:
+        splits = load_translation_dataset(source_lang, target_lang, args.dataset_name, args.dataset_config_name,
+                                          test_file=args.test_file)
+    except DataError as error:
+        parser.error(str(error))
     if args.split not in splits:
         parser.error(f"no split {args.split!r}; the data has {sorted(splits)}")
     pairs = splits[args.split]["translation"][: args.max_samples]

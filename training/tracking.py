@@ -42,6 +42,14 @@ def read_log(path: str | os.PathLike) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
+def truncate_log(path: str | os.PathLike, step: int) -> None:
+    """Drop the records after `step`: what a killed run logged past the checkpoint that training resumes from."""
+    path = Path(path)
+    if path.is_file():
+        kept = [r for r in read_log(path) if r.get("step") is None or r["step"] <= step]
+        path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+
 def plot_learning_curve(log_path: str | os.PathLike, png_path: str | os.PathLike) -> Path | None:
     """Training and validation loss (and validation BLEU where logged) against the step; None without matplotlib."""
     try:

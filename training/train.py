@@ -28,19 +28,21 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSe
 from hf_vanilla_transformer import (
     VanillaTransformerConfig,
     VanillaTransformerForConditionalGeneration,
-    check_tokenizer_matches_model,
     plot_attention,
+    record_tokenizer,
     train_tokenizer,
 )
 from hf_vanilla_transformer.hub import save_for_hub
 from hf_vanilla_transformer.metrics import corpus_bleu, load_bleu
 from hf_vanilla_transformer.translate import translate
 from training import checkpoints
-from training.data import TokenBatchSampler, load_translation_dataset, tokenize
-from training.tracking import JSONLTracker, plot_learning_curve
+from training.data import DataError, TokenBatchSampler, load_translation_dataset, tokenize
+from training.tracking import JSONLTracker, plot_learning_curve, truncate_log
 
 logger = logging.getLogger("training.train")
 
+# Everything a run writes into --output_dir; --overwrite_output_dir removes all of it.
+RUN_OUTPUTS = ("checkpoints", "tokenizer", "logs", "model", "learning_curve.png", "attention.png")
 PRESETS = {"tiny": VanillaTransformerConfig.tiny, "small": VanillaTransformerConfig.small,
            "base": VanillaTransformerConfig.base, "big": VanillaTransformerConfig.big}
 
@@ -48,8 +50,10 @@ PRESETS = {"tiny": VanillaTransformerConfig.tiny, "small": VanillaTransformerCon
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     model = parser.add_argument_group("model")
-    model.add_argument("--config_name", default="small", help=f"a preset ({', '.join(PRESETS)}) or a config.json path")
-    model.add_argument("--model_name_or_path", default=None, help="continue training a saved model")
+    model.add_argument("--config_name", default=None,
+                       help=f"a preset ({', '.join(PRESETS)}) or a config.json path; default: small")
+    model.add_argument("--model_name_or_path", default=None,
+                       help="continue training a saved model (with its own tokenizer unless --tokenizer_name)")
     model.add_argument("--tokenizer_name", default=None, help="a saved tokenizer; default: learn one on the data")
     model.add_argument("--vocab_size", type=int, default=6000, help="size of a newly learned BPE vocabulary")
     model.add_argument("--dropout", type=float, default=None, help="override the preset's dropout")
@@ -101,30 +105,51 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+# What continuing to train a saved model may change; the rest is its architecture, fixed by its weights.
+TRAINING_FIELDS = {"dropout", "attention_dropout", "activation_dropout", "label_smoothing", "src_lang", "tgt_lang"}
+
+
 def build_model(args, tokenizer, device: torch.device) -> VanillaTransformerForConditionalGeneration:
-    if args.model_name_or_path:
-        model = AutoModelForSeq2SeqLM.from_pretrained(args.model_name_or_path)
-        check_tokenizer_matches_model(tokenizer, model.config)
-        return model
-    overrides = dict(
-        vocab_size=len(tokenizer),
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        decoder_start_token_id=tokenizer.bos_token_id,
-        label_smoothing=args.label_smoothing,
-        src_lang=args.source_lang,
-        tgt_lang=args.target_lang,
-    )
+    """A new model of `--config_name` for `tokenizer`, or the saved `--model_name_or_path` with the training
+    fields of the command line applied (other changes are refused)."""
+    overrides = dict(label_smoothing=args.label_smoothing, src_lang=args.source_lang, tgt_lang=args.target_lang)
     overrides.update(parse_config_overrides(args.config_overrides))
     if args.dropout is not None:
         overrides["dropout"] = args.dropout
-    overrides["attn_implementation"] = args.attn_implementation or ("eager" if device.type == "cpu" else "sdpa")
-    if args.config_name in PRESETS:
-        config = PRESETS[args.config_name](**overrides)
+    attn_implementation = args.attn_implementation or ("eager" if device.type == "cpu" else "sdpa")
+    if args.model_name_or_path:
+        saved = VanillaTransformerConfig.from_pretrained(args.model_name_or_path)
+        fixed = [f"{name}={value!r} (the model has {getattr(saved, name)!r})" for name, value in overrides.items()
+                 if name not in TRAINING_FIELDS and value != getattr(saved, name)]
+        if fixed:
+            raise SystemExit(f"--model_name_or_path {args.model_name_or_path}: continuing to train keeps the saved "
+                             f"architecture, so {', '.join(fixed)} cannot apply; only {', '.join(sorted(TRAINING_FIELDS))} "
+                             "can change. Train a new model (--config_name) to change the others.")
+        model = AutoModelForSeq2SeqLM.from_pretrained(args.model_name_or_path, attn_implementation=attn_implementation,
+                                                      **overrides)
+        own_tokenizer = Path(args.model_name_or_path, "tokenizer.json")
+        if model.config.tokenizer_fingerprint is None and args.tokenizer_name and own_tokenizer.is_file():
+            record_tokenizer(model.config, AutoTokenizer.from_pretrained(args.model_name_or_path))  # an older folder
     else:
-        config = VanillaTransformerConfig.from_pretrained(args.config_name, **overrides)
-    return VanillaTransformerForConditionalGeneration(config)
+        overrides.update(
+            vocab_size=len(tokenizer),
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            decoder_start_token_id=tokenizer.bos_token_id,
+            attn_implementation=attn_implementation,
+        )
+        config_name = args.config_name or "small"
+        if config_name in PRESETS:
+            config = PRESETS[config_name](**overrides)
+        else:
+            config = VanillaTransformerConfig.from_pretrained(config_name, **overrides)
+        model = VanillaTransformerForConditionalGeneration(config)
+    try:
+        record_tokenizer(model.config, tokenizer)
+    except ValueError as error:
+        raise SystemExit(f"--tokenizer_name {args.tokenizer_name or args.model_name_or_path}: {error}") from None
+    return model
 
 
 def parse_config_overrides(text: str | None) -> dict:
@@ -143,14 +168,21 @@ def parse_config_overrides(text: str | None) -> dict:
 
 
 def load_or_train_tokenizer(args, raw, output: Path):
+    """The run's tokenizer, saved as OUTPUT/tokenizer: the one saved there already (a resumed run), else
+    `--tokenizer_name`, else the continued model's own, else a BPE vocabulary learned on the training data."""
     saved = output / "tokenizer"
-    if args.tokenizer_name:
-        return AutoTokenizer.from_pretrained(args.tokenizer_name)
     if (saved / "tokenizer.json").is_file():
         return AutoTokenizer.from_pretrained(saved)
-    pairs = raw["train"]["translation"]
-    sentences = [p[args.source_lang] for p in pairs] + [p[args.target_lang] for p in pairs]
-    tokenizer = train_tokenizer(sentences, vocab_size=args.vocab_size)
+    if args.tokenizer_name or args.model_name_or_path:
+        name = args.tokenizer_name or args.model_name_or_path
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(name)
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"No tokenizer in {name} ({error}): pass --tokenizer_name") from None
+    else:
+        pairs = raw["train"]["translation"]
+        sentences = [p[args.source_lang] for p in pairs] + [p[args.target_lang] for p in pairs]
+        tokenizer = train_tokenizer(sentences, vocab_size=args.vocab_size)
     tokenizer.save_pretrained(saved)
     return tokenizer
 
@@ -217,19 +249,24 @@ def main(argv=None) -> dict:
     set_seed(args.seed, device_specific=True)
 
     checkpoint_root = output / "checkpoints"
-    if args.resume_from_checkpoint is None and checkpoints.checkpoint_dirs(checkpoint_root):
+    earlier = [name for name in RUN_OUTPUTS if (output / name).exists()]
+    if args.resume_from_checkpoint is None and earlier:
         if not args.overwrite_output_dir:
-            raise SystemExit(f"{output} holds checkpoints of an earlier run: resume it with "
+            raise SystemExit(f"{output} holds an earlier run ({', '.join(earlier)}): resume it with "
                              "--resume_from_checkpoint latest, or pass --overwrite_output_dir to start afresh")
-        if accelerator.is_main_process:
-            shutil.rmtree(checkpoint_root)
-            shutil.rmtree(output / "tokenizer", ignore_errors=True)
+        if accelerator.is_main_process:  # a clean start: no old log, tokenizer, checkpoint or model survives
+            for name in earlier:
+                (shutil.rmtree if (output / name).is_dir() else Path.unlink)(output / name)
         accelerator.wait_for_everyone()
 
     # Data and tokenizer: the main process prepares (and caches) them first, the others then load them.
     with accelerator.main_process_first():
-        raw = load_translation_dataset(args.source_lang, args.target_lang, args.dataset_name,
-                                       args.dataset_config_name, args.train_file, args.validation_file, args.test_file)
+        try:
+            raw = load_translation_dataset(args.source_lang, args.target_lang, args.dataset_name,
+                                           args.dataset_config_name, args.train_file, args.validation_file,
+                                           args.test_file)
+        except DataError as error:
+            raise SystemExit(f"error: {error}") from None
         if "train" not in raw:
             raise SystemExit(f"The data has no train split (only {sorted(raw)}): pass --train_file or a dataset with one")
         if args.max_train_samples:
@@ -241,6 +278,12 @@ def main(argv=None) -> dict:
         model = build_model(args, tokenizer, accelerator.device)
         max_length = model.config.max_position_embeddings
         data = {split: tokenize(raw[split], tokenizer, args.source_lang, args.target_lang, max_length) for split in raw}
+    too_long = {f"{split}_pairs_too_long": len(raw[split]) - len(data[split]) for split in raw}
+    for split in raw:
+        if len(data[split]) < len(raw[split]):
+            logger.warning("%d pairs of %r are longer than max_position_embeddings=%d tokens: left out of training "
+                           "and the validation loss; BLEU translates their truncated sources",
+                           len(raw[split]) - len(data[split]), split, max_length)
     has_validation = "validation" in data
 
     # §5.1: batches of about `max_tokens` tokens per process, by approximate length.
@@ -259,18 +302,25 @@ def main(argv=None) -> dict:
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     unwrapped = accelerator.unwrap_model(model)
 
+    # What the position within an epoch depends on: a checkpoint resumes only under the same.
+    layout = {"num_processes": accelerator.num_processes, "gradient_accumulation_steps": args.gradient_accumulation_steps,
+              "max_tokens": args.max_tokens, "seed": args.seed, "train_pairs": len(data["train"])}
     step, epoch, batches_done = 0, 0, 0
     if args.resume_from_checkpoint:
-        step, epoch, batches_done = resume(args.resume_from_checkpoint, checkpoint_root, accelerator)
+        step, epoch, batches_done = resume(args.resume_from_checkpoint, checkpoint_root, accelerator, unwrapped, layout)
+        if accelerator.is_main_process:
+            truncate_log(output / "logs" / "log.jsonl", step)  # the killed run's records after the checkpoint
     hparams = {**vars(args), "learning_rate": learning_rate, "num_processes": accelerator.num_processes,
                "distributed_type": accelerator.distributed_type.value,
                "max_steps": max_steps, "parameters": unwrapped.num_parameters()}
     accelerator.init_trackers("train", config={k: v for k, v in hparams.items() if v is not None})
+    if step == 0:
+        accelerator.log(too_long, step=0)
     logger.info("%d parameters; %d steps of %d per epoch; peak learning rate %.2e (%.2f × the paper's)",
                 unwrapped.num_parameters(), max_steps, steps_per_epoch, learning_rate, learning_rate / paper_peak)
 
     def save(step):
-        state = {"epoch": epoch, "batches_done": batches_done, "learning_rate": learning_rate}
+        state = {"epoch": epoch, "batches_done": batches_done, "learning_rate": learning_rate, "layout": layout}
         checkpoints.save_checkpoint(accelerator, checkpoint_root, step, state, args.keep_checkpoints)
 
     bleu_pairs = raw["validation"]["translation"][: args.eval_bleu_samples] if has_validation else []
@@ -391,26 +441,56 @@ def main(argv=None) -> dict:
     return results
 
 
-def resume(requested: str, checkpoint_root: Path, accelerator) -> tuple[int, int, int]:
-    """Load the newest intact checkpoint (or the one named) and return its step, epoch and batches done."""
+def resume(requested: str, checkpoint_root: Path, accelerator, model, layout: dict) -> tuple[int, int, int]:
+    """Load the newest usable checkpoint (or the one named) and return its step, epoch and batches done.
+
+    A checkpoint that is damaged, cannot be read, or holds another model's weights is set aside (renamed, so that
+    `--keep_checkpoints` and averaging never count it), and so are those newer than the one resumed. One written
+    with another data layout (process count, accumulation, batch size, seed, data) is refused.
+    """
     if requested != "latest":
-        problem = checkpoints.checkpoint_problem(requested)
-        if problem:
-            raise SystemExit(f"Cannot resume from {requested}: {problem}")
         candidates = [Path(requested)]
     else:
-        candidates = checkpoints.usable_checkpoints(checkpoint_root)
+        candidates = list(reversed(checkpoints.checkpoint_dirs(checkpoint_root)))
+    partly_loaded = False
     for path in candidates:
-        try:
-            accelerator.load_state(str(path))
-        except Exception as error:  # a file that passed its checksum but still cannot be read
-            logger.warning("Skipping checkpoint %s: it cannot be loaded (%s)", path, error)
-            continue
-        state = checkpoints.read_state(path)
-        logger.info("Resumed from %s (step %d, epoch %d)", path, state["step"], state["epoch"])
-        return state["step"], state["epoch"], state["batches_done"]
+        problem = checkpoints.checkpoint_problem(path) or checkpoints.weights_problem(path, model)
+        if problem is None:
+            state = checkpoints.read_state(path)
+            check_layout(path, state.get("layout"), layout)
+            rng_problems = gather_object([checkpoints.rng_state_problem(path, accelerator.process_index)])
+            problem = next(filter(None, rng_problems), None)
+        if problem is None:
+            try:
+                accelerator.load_state(str(path))
+            except Exception as error:  # a file that passed its checksum but still cannot be read
+                problem, partly_loaded = f"it cannot be loaded ({error})", True
+        if problem is None:
+            logger.info("Resumed from %s (step %d, epoch %d)", path, state["step"], state["epoch"])
+            for newer in checkpoints.checkpoint_dirs(checkpoint_root):
+                if checkpoints.step_of(newer) > state["step"]:
+                    checkpoints.set_aside(newer, f"it is newer than {path.name}, the checkpoint resumed", accelerator)
+            accelerator.wait_for_everyone()
+            return state["step"], state["epoch"], state["batches_done"]
+        if requested != "latest":
+            raise SystemExit(f"Cannot resume from {requested}: {problem}")
+        checkpoints.set_aside(path, problem, accelerator)
+    accelerator.wait_for_everyone()
+    if partly_loaded:
+        raise SystemExit(f"No checkpoint under {checkpoint_root} could be loaded, and one was loaded in part: start "
+                         "afresh with --overwrite_output_dir")
     logger.warning("No usable checkpoint under %s: starting from scratch", checkpoint_root)
     return 0, 0, 0
+
+
+def check_layout(path: Path, saved: dict | None, current: dict) -> None:
+    """Refuse to resume a checkpoint whose batches were laid out otherwise: its position would be another one."""
+    differences = [f"{name} {saved[name]} (now {current[name]})" for name in current
+                   if saved is not None and name in saved and saved[name] != current[name]]
+    if differences:
+        raise SystemExit(f"Cannot resume from {path}: it was written with {', '.join(differences)}, and where an epoch "
+                         "stands depends on these. Resume with the same settings (e.g. `accelerate launch "
+                         f"--num_processes {saved['num_processes']}`), or start a new run in another --output_dir.")
 
 
 def describe_hardware(accelerator) -> str:
