@@ -14,6 +14,7 @@ from conftest import ROOT
 from safetensors.torch import load_file
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
+from hf_vanilla_transformer import train_tokenizer
 from hf_vanilla_transformer.translate import translate
 from training.data import load_translation_dataset
 
@@ -150,9 +151,10 @@ def test_a_damaged_checkpoint_is_skipped_with_a_message(tmp_path):
     weights.write_bytes(weights.read_bytes()[:1000])
     (output / "checkpoints" / ".tmp-step-00000040").mkdir()  # a checkpoint a killed run left half-written
     result = train(tmp_path, output, "--max_steps", "40", *args, "--resume_from_checkpoint", "latest")
-    assert "Skipping checkpoint" in result.stderr and "step-00000030" in result.stderr
+    assert "Setting checkpoint" in result.stderr and "step-00000030 aside" in result.stderr
     assert "Resumed from" in result.stderr and "step-00000020 (step 20" in result.stderr
     assert (output / "checkpoints" / "step-00000040").is_dir()
+    assert (output / "checkpoints" / "unusable-step-00000030" / "model.safetensors").is_file()  # kept to inspect
 
 
 def test_an_earlier_run_is_not_overwritten_by_accident(tmp_path):
@@ -161,3 +163,102 @@ def test_an_earlier_run_is_not_overwritten_by_accident(tmp_path):
     result = subprocess.run(train_command(output, "--max_steps", "10"), cwd=ROOT, env=environment(tmp_path),
                             capture_output=True, text=True, timeout=300)
     assert result.returncode != 0 and "--resume_from_checkpoint latest" in result.stderr
+
+
+def rewrite_checksums(checkpoint):
+    """What a file damaged before its checksum was taken looks like: every check but reading it passes."""
+    from training.checkpoints import STATE_NAME, _sha256
+
+    state = json.loads((checkpoint / STATE_NAME).read_text())
+    for name in state["files"]:
+        state["files"][name] = {"size": (checkpoint / name).stat().st_size, "sha256": _sha256(checkpoint / name)}
+    (checkpoint / STATE_NAME).write_text(json.dumps(state))
+
+
+def test_unusable_checkpoints_are_set_aside_and_never_push_out_new_ones(tmp_path):
+    """A damaged random state is skipped, not silently ignored; when no checkpoint fits (another config), training
+    starts afresh and its own checkpoints survive pruning and are the ones averaged."""
+    output = tmp_path / "run"
+    args = ["--eval_bleu_samples", "0", "--checkpointing_steps", "10", "--keep_checkpoints", "2",
+            "--average_checkpoints", "2"]
+    train(tmp_path, output, "--max_steps", "30", *args)
+    damaged = output / "checkpoints" / "step-00000030"
+    (damaged / "random_states_0.pkl").write_bytes(b"garbage")
+    rewrite_checksums(damaged)
+    result = train(tmp_path, output, "--max_steps", "40", *args, "--resume_from_checkpoint", "latest")
+    assert "random_states_0.pkl cannot be read" in result.stderr
+    assert "Resumed from" in result.stderr and "step-00000020 (step 20" in result.stderr
+
+    result = train(tmp_path, output, "--max_steps", "20", *args, "--resume_from_checkpoint", "latest",
+                   "--config_overrides", "encoder_ffn_dim=128")
+    assert "weights are of another model" in result.stderr and "starting from scratch" in result.stderr
+    kept = sorted(p.name for p in (output / "checkpoints").iterdir() if p.name.startswith("step-"))
+    assert kept == ["step-00000010", "step-00000020"]
+    results = json.loads((output / "model" / "training_results.json").read_text())
+    assert results["averaged_checkpoints"] == 2 and results["train_steps"] == 20
+    assert AutoModelForSeq2SeqLM.from_pretrained(output / "model").config.encoder_ffn_dim == 128
+    assert [r["step"] for r in log(output) if "train_loss" in r] == [20]  # the log restarted with the run
+
+
+def test_resuming_with_another_process_count_is_refused(tmp_path):
+    output = tmp_path / "run"
+    train(tmp_path, output, "--max_steps", "10", "--checkpointing_steps", "10", "--eval_bleu_samples", "0")
+    env = environment(tmp_path) | {"ACCELERATE_USE_CPU": "true"}
+    result = subprocess.run(train_command(output, "--max_steps", "20", "--resume_from_checkpoint", "latest",
+                                          processes=2), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0
+    assert "num_processes 1 (now 2)" in result.stderr and "--num_processes 1" in result.stderr
+
+
+def test_overwrite_output_dir_starts_clean(tmp_path):
+    output = tmp_path / "run"
+    train(tmp_path, output, "--max_steps", "10", "--eval_bleu_samples", "0", "--logging_steps", "5")
+    train(tmp_path, output, "--max_steps", "5", "--eval_bleu_samples", "0", "--logging_steps", "5",
+          "--vocab_size", "500", "--overwrite_output_dir")
+    assert [r["step"] for r in log(output) if "train_loss" in r] == [5]
+    assert len(AutoTokenizer.from_pretrained(output / "tokenizer")) == 500
+    assert AutoModelForSeq2SeqLM.from_pretrained(output / "model").config.vocab_size == 500
+
+
+def test_continuing_a_saved_model_keeps_its_tokenizer_and_applies_or_refuses_overrides(tmp_path):
+    first = tmp_path / "first"
+    train(tmp_path, first, "--max_steps", "10", "--eval_bleu_samples", "0")
+    saved = first / "model"
+    fingerprint = json.loads((saved / "config.json").read_text())["tokenizer_fingerprint"]
+    assert fingerprint
+    second = tmp_path / "second"
+    train(tmp_path, second, "--model_name_or_path", str(saved), "--max_steps", "5", "--eval_bleu_samples", "0",
+          "--vocab_size", "500", "--dropout", "0.3", "--config_overrides", "attention_dropout=0.2")
+    continued = json.loads((second / "model" / "config.json").read_text())
+    assert continued["tokenizer_fingerprint"] == fingerprint
+    assert continued["dropout"] == 0.3 and continued["attention_dropout"] == 0.2
+    assert (second / "tokenizer" / "tokenizer.json").read_bytes() == (saved / "tokenizer.json").read_bytes()
+
+    refused = subprocess.run(train_command(tmp_path / "third", "--model_name_or_path", str(saved),
+                                           "--config_overrides", "d_model=64"), cwd=ROOT,
+                             env=environment(tmp_path), capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0 and "d_model=64 (the model has 32) cannot apply" in refused.stderr
+    other = tmp_path / "other-tokenizer"
+    pairs = load_translation_dataset("de", "en")["train"].select(range(2000, 4000))["translation"]
+    train_tokenizer([p["de"] for p in pairs] + [p["en"] for p in pairs], vocab_size=600).save_pretrained(other)
+    mismatched = subprocess.run(train_command(tmp_path / "fourth", "--model_name_or_path", str(saved),
+                                              "--tokenizer_name", str(other)), cwd=ROOT, env=environment(tmp_path),
+                                capture_output=True, text=True, timeout=300)
+    assert mismatched.returncode != 0 and "not the one the model was trained with" in mismatched.stderr
+
+
+def test_over_long_evaluation_pairs_are_counted_not_fatal(tmp_path):
+    pairs = load_translation_dataset("de", "en")["train"].select(range(400))["translation"]
+    lines = [f"{p['de']}\t{p['en']}" for p in pairs]
+    (tmp_path / "train.tsv").write_text("\n".join(lines) + "\n")
+    long = " ".join(["Ein Hund läuft über die Wiese."] * 40)
+    (tmp_path / "test.tsv").write_text("\n".join(lines[:20] + [f"{long}\tA dog."]) + "\n")
+    output = tmp_path / "run"
+    train(tmp_path, output, "--train_file", str(tmp_path / "train.tsv"), "--validation_file",
+          str(tmp_path / "test.tsv"), "--test_file", str(tmp_path / "test.tsv"), "--max_steps", "5",
+          "--eval_bleu_samples", "30")
+    counts = next(r for r in log(output) if "test_pairs_too_long" in r)
+    assert counts["test_pairs_too_long"] == 1 and counts["validation_pairs_too_long"] == 1
+    assert counts["train_pairs_too_long"] == 0
+    results = json.loads((output / "model" / "training_results.json").read_text())
+    assert results["eval_sentences"] == 21  # BLEU still scores every test sentence
