@@ -263,9 +263,11 @@ class VanillaTransformerPreTrainedModel(PreTrainedModel):
 class VanillaTransformerStack(VanillaTransformerPreTrainedModel):
     """What encoder and decoder share: the embedded input (§3.4–3.5), N layers, and pre-LN's final LayerNorm."""
 
-    def __init__(self, config: VanillaTransformerConfig, layers: list[nn.Module]):
+    def __init__(self, config: VanillaTransformerConfig, layers: list[nn.Module], tied_embedding: bool = False):
         super().__init__(config)
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model, config.pad_token_id)
+        # A tied embedding gets its matrix from `tie_weights` (§3.4): until then it holds none, and draws no numbers.
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model, config.pad_token_id,
+                                         device="meta" if tied_embedding else None)
         self.embed_positions = SinusoidalPositionalEncoding(config.d_model)
         self.dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList(layers)
@@ -329,7 +331,8 @@ class VanillaTransformerDecoder(VanillaTransformerStack):
     }
 
     def __init__(self, config: VanillaTransformerConfig):
-        super().__init__(config, [DecoderLayer(config, layer_idx=i) for i in range(config.decoder_layers)])
+        layers = [DecoderLayer(config, layer_idx=i) for i in range(config.decoder_layers)]
+        super().__init__(config, layers, tied_embedding=config.share_encoder_decoder_embeddings)
 
     @capture_outputs
     def forward(
