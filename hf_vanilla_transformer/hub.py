@@ -24,10 +24,19 @@ logger = logging.getLogger(__name__)
 MODEL_CARD_TEMPLATE = Path(__file__).with_name("model_card.md")
 RESULTS_NAME = "training_results.json"
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", RESULTS_NAME)
+CTRANSLATE2_FOLDER = "ctranslate2"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 # What `save_for_hub` and a training run write: `push` uploads these and nothing else.
-UPLOADED_FILES = (*REQUIRED_FILES, "README.md", "generation_config.json", "tokenizer_config.json",
-                  "special_tokens_map.json", "configuration_vanilla_transformer.py", "modeling_vanilla_transformer.py",
-                  "pipeline_vanilla_transformer.py", "tokenization.py", "learning_curve.png", "attention.png")
+UPLOADED_FILES = (*REQUIRED_FILES, *TOKENIZER_FILES, "README.md", "generation_config.json",
+                  "configuration_vanilla_transformer.py", "modeling_vanilla_transformer.py",
+                  "pipeline_vanilla_transformer.py", "tokenization.py", "learning_curve.png", "attention.png",
+                  *(f"{CTRANSLATE2_FOLDER}/{name}" for name in (
+                      "model.bin", "config.json", "shared_vocabulary.json", *TOKENIZER_FILES, "generation_config.json",
+                      "README.md")))
+CTRANSLATE2_USAGE = """The folder `{folder}/` holds the model exported to [CTranslate2](https://github.com/OpenNMT/CTranslate2)
+(weights `{quantization}`), several times faster than `generate` on CPUs; its README says how to use it, e.g.
+`python -m hf_vanilla_transformer.translate --model {folder} --backend ctranslate2 "${{example_source}}"`.
+"""
 
 
 def model_card_values(model) -> dict:
@@ -49,16 +58,24 @@ def model_card_values(model) -> dict:
 
 def render_model_card(values: dict, template: str | Path = MODEL_CARD_TEMPLATE) -> str:
     """`model_card.md` with its `${name}` fields filled from `values`; a missing value raises `KeyError`."""
-    values = {"repo_id": f"your-username/{values.get('model_name', 'model')}", **values}
+    values = {"repo_id": f"your-username/{values.get('model_name', 'model')}", "ctranslate2_usage": "", **values}
     return string.Template(Path(template).read_text()).substitute(values)
 
 
-def save_for_hub(folder: str | Path, model, tokenizer, results: dict) -> Path:
-    """Write the Hub-ready folder: model, tokenizer and translation pipeline (with their source), results, card."""
+def save_for_hub(folder: str | Path, model, tokenizer, results: dict,
+                 ctranslate2_quantization: str | None = None) -> Path:
+    """Write the Hub-ready folder: model, tokenizer and translation pipeline (with their source), results, card;
+    with `ctranslate2_quantization` ("float32", "int8", ...), also the CTranslate2 export in `ctranslate2/`."""
     folder = Path(folder)
     record_tokenizer(model.config, tokenizer)
     TranslationPipeline(model=model, tokenizer=tokenizer).save_pretrained(folder)
     values = {**model_card_values(model), "model_name": folder.name, **results}
+    if ctranslate2_quantization is not None:
+        from .export import export_ctranslate2
+
+        export_ctranslate2(folder, folder / CTRANSLATE2_FOLDER, ctranslate2_quantization, force=True)
+        values["ctranslate2_usage"] = CTRANSLATE2_USAGE.format(folder=CTRANSLATE2_FOLDER,
+                                                               quantization=ctranslate2_quantization)
     (folder / RESULTS_NAME).write_text(json.dumps(values, indent=2))
     try:
         (folder / "README.md").write_text(render_model_card(values))
@@ -74,7 +91,10 @@ def files_to_upload(folder: str | Path) -> tuple[list[str], list[str]]:
     missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
     if missing:
         raise FileNotFoundError(f"{folder} is not a Hub-ready folder: {', '.join(missing)} missing")
-    present = {p.name: p for p in folder.iterdir()}
+    present = {p.relative_to(folder).as_posix(): p for p in folder.iterdir()}
+    if (folder / CTRANSLATE2_FOLDER).is_dir() and not (folder / CTRANSLATE2_FOLDER).is_symlink():
+        present.pop(CTRANSLATE2_FOLDER)
+        present |= {p.relative_to(folder).as_posix(): p for p in (folder / CTRANSLATE2_FOLDER).iterdir()}
     files = [name for name in UPLOADED_FILES if name in present and present[name].is_file()
              and not present[name].is_symlink()]
     left_out = sorted(name + ("/" if path.is_dir() else "") for name, path in present.items() if name not in files)

@@ -2,22 +2,27 @@
 
     python -m hf_vanilla_transformer.translate --model DIR_OR_REPO_ID "Ein Hund läuft."
     python -m hf_vanilla_transformer.translate --model DIR < sentences.txt > translations.txt
+    python -m hf_vanilla_transformer.translate --model CT2_DIR --backend ctranslate2 < sentences.txt
 
 One output line per input line: a blank line gives a blank translation.
 """
 
 import argparse
+import json
 import logging
 import sys
+from itertools import groupby
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedTokenizerFast
 
 from . import check_tokenizer_matches_model
 
 logger = logging.getLogger(__name__)
 
+BACKENDS = ("transformers", "ctranslate2")
 UNKNOWN_SHARE_WARNING = 0.1  # warn when more of the input's tokens than this are <unk>
 
 
@@ -44,31 +49,84 @@ def translate(model, tokenizer, sentences: list[str], batch_size: int = 64, **ge
         logger.warning("%.0f%% of the input's tokens are unknown to the model's vocabulary (<unk>): is the input%s?",
                        100 * unknown / tokens, language)
 
-    order = sorted(todo, key=lambda i: len(sentences[i]))
     translations = [""] * len(sentences)
-    for start in range(0, len(order), batch_size):
-        indices = order[start : start + batch_size]
-        batch = tokenizer.pad({"input_ids": [encoded[i] for i in indices]}, return_tensors="pt").to(model.device)
-        with torch.inference_mode():
-            generated = model.generate(**batch, **generate_kwargs)
+    for indices in _batches(todo, encoded, sentences, batch_size, same_length=isinstance(model, CTranslate2Model)):
+        if isinstance(model, CTranslate2Model):
+            generated = model.generate([encoded[i] for i in indices], tokenizer, **generate_kwargs)
+        else:
+            batch = tokenizer.pad({"input_ids": [encoded[i] for i in indices]}, return_tensors="pt").to(model.device)
+            with torch.inference_mode():
+                generated = model.generate(**batch, **generate_kwargs)
         for i, text in zip(indices, tokenizer.batch_decode(generated, skip_special_tokens=True)):
             translations[i] = text
     return translations
 
 
-def load_translator(name_or_path: str, device: str | None = None, **kwargs):
+def _batches(todo: list[int], encoded: dict, sentences: list[str], batch_size: int, same_length: bool):
+    """Sentences of similar length together (of one token length each where the backend caps a whole batch)."""
+    if not same_length:
+        order = sorted(todo, key=lambda i: len(sentences[i]))
+        yield from (order[start : start + batch_size] for start in range(0, len(order), batch_size))
+        return
+    for _, group in groupby(sorted(todo, key=lambda i: len(encoded[i])), key=lambda i: len(encoded[i])):
+        group = list(group)
+        yield from (group[start : start + batch_size] for start in range(0, len(group), batch_size))
+
+
+class CTranslate2Model:
+    """A model exported by `export.py`, run by CTranslate2, with the decoding `generate` gives the HF model: the
+    saved generation config (§6.1: beam 4, length penalty 0.6) and at most source length + 50 tokens, the last EOS."""
+
+    def __init__(self, folder: str | Path, device: str = "cpu", compute_type: str = "default", threads: int = 0):
+        from .export import import_ctranslate2
+
+        folder = Path(folder)
+        self.config = SimpleNamespace(**json.loads((folder / "config.json").read_text()))
+        generation = json.loads((folder / "generation_config.json").read_text())
+        self.num_beams, self.length_penalty = generation.get("num_beams", 1), generation.get("length_penalty", 1.0)
+        self.translator = import_ctranslate2().Translator(str(folder), device=device, compute_type=compute_type,
+                                                          intra_threads=threads)
+
+    def generate(self, sources: list[list[int]], tokenizer, num_beams: int | None = None,
+                 length_penalty: float | None = None, max_new_tokens: int | None = None) -> list[list[int]]:
+        """Token ids of the translations of `sources` (token ids ending in </s>, all of one length unless
+        `max_new_tokens` is given)."""
+        if max_new_tokens is None:  # the decoder start token and EOS are not counted by CTranslate2
+            max_new_tokens = min(len(sources[0]) + 50, self.config.max_position_embeddings - 1)
+            limit = max_new_tokens - 1
+        else:
+            limit = max_new_tokens
+        results = self.translator.translate_batch(
+            [tokenizer.convert_ids_to_tokens(ids) for ids in sources],
+            beam_size=num_beams or self.num_beams,
+            length_penalty=self.length_penalty if length_penalty is None else length_penalty,
+            max_decoding_length=limit,
+            max_input_length=0,
+        )
+        return [tokenizer.convert_tokens_to_ids(result.hypotheses[0]) for result in results]
+
+
+def load_translator(name_or_path: str, device: str | None = None, backend: str = "transformers", **kwargs):
     """The model (in eval mode, on `device`) and tokenizer of a saved folder or Hub repository, checked to belong
-    together (`check_tokenizer_matches_model`)."""
+    together (`check_tokenizer_matches_model`); with `backend="ctranslate2"`, a folder `export.py` wrote."""
     path = Path(name_or_path).expanduser()
     looks_local = path.is_absolute() or name_or_path.startswith((".", "~")) or name_or_path.count("/") > 1
     if path.exists() and not (path / "config.json").is_file():
         raise FileNotFoundError(f"{name_or_path} is not a saved model: it has no config.json")
-    if not path.exists() and looks_local:
+    if not path.exists() and (looks_local or backend == "ctranslate2"):
         raise FileNotFoundError(f"No model folder at {name_or_path}")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if backend == "ctranslate2":
+        if not (path / "model.bin").is_file():
+            raise FileNotFoundError(f"{name_or_path} is not a CTranslate2 export (no model.bin): make one with "
+                                    "`python -m hf_vanilla_transformer.export ctranslate2`")
+        model = CTranslate2Model(path, device, **kwargs)
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
+        check_tokenizer_matches_model(tokenizer, model.config)
+        return model, tokenizer
     model = AutoModelForSeq2SeqLM.from_pretrained(path if path.exists() else name_or_path, **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(path if path.exists() else name_or_path, **kwargs)
     check_tokenizer_matches_model(tokenizer, model.config)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return model.to(device).eval(), tokenizer
 
 
@@ -92,11 +150,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max_new_tokens", type=int, default=None, help="default: source length + 50")
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    parser.add_argument("--backend", choices=BACKENDS, default="transformers",
+                        help="ctranslate2: a folder exported by `python -m hf_vanilla_transformer.export ctranslate2`")
     args = parser.parse_args(argv)
 
     sentences = args.sentences or read_stdin()
     try:
-        model, tokenizer = load_translator(args.model, args.device)
+        model, tokenizer = load_translator(args.model, args.device, args.backend)
     except (OSError, ValueError) as error:
         raise SystemExit(f"error: --model {args.model}: {error}") from None
     options = {k: v for k, v in (("num_beams", args.num_beams), ("max_new_tokens", args.max_new_tokens)) if v}

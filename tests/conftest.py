@@ -56,4 +56,4 @@ def run_python(code: str, cwd: Path, block_package: bool = False, timeout: int =
     prelude = "import sys\nsys.modules['hf_vanilla_transformer'] = None\n" if block_package else ""
     environment = {**os.environ, "HF_HOME": str(cwd / "hf_home"), **(env or {})}
     return subprocess.run([sys.executable, "-c", prelude + code], cwd=cwd, env=environment, capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)

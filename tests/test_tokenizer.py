@@ -1,3 +1,5 @@
+import json
+
 import pytest
 from conftest import read_multi30k
 from transformers import AutoTokenizer
@@ -83,3 +85,26 @@ def test_a_tokenizer_with_another_vocabulary_is_refused(tmp_path, tokenizer, pai
             check_tokenizer_matches_model(wrong, config)
     tokenizer.save_pretrained(tmp_path)
     check_tokenizer_matches_model(AutoTokenizer.from_pretrained(tmp_path), config)  # a reload is the same vocabulary
+
+
+def test_a_saved_tokenizer_loads_without_the_package_or_remote_code(tmp_path, tokenizer, model):
+    """tokenizer.json is all a tokenizer needs: `AutoTokenizer` (even refusing the model's code) and
+    `PreTrainedTokenizerFast` load it in a Python without this package, the same ids and special tokens."""
+    from conftest import run_python
+
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    text = "Zwei Männer stehen vor einem Haus."
+    code = f"""
+import json
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+loaded = [AutoTokenizer.from_pretrained({str(folder)!r}), AutoTokenizer.from_pretrained({str(folder)!r},
+          trust_remote_code=False), PreTrainedTokenizerFast.from_pretrained({str(folder)!r})]
+print(json.dumps([[t({text!r})["input_ids"], t.pad_token_id, t.eos_token_id, t.unk_token_id, len(t)] for t in loaded]))
+"""
+    result = run_python(code, tmp_path, block_package=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = [tokenizer(text)["input_ids"], tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id,
+                len(tokenizer)]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == [expected] * 3

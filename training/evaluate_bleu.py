@@ -1,13 +1,14 @@
 """Translate a split with a saved model and print its sacreBLEU (§6.1: beam 4, length penalty 0.6).
 
     python -m training.evaluate_bleu --model outputs/multi30k-de-en/model --split test
+    python -m training.evaluate_bleu --model outputs/multi30k-de-en/model/ctranslate2 --backend ctranslate2
 """
 
 import argparse
 import json
 
 from hf_vanilla_transformer.metrics import corpus_bleu
-from hf_vanilla_transformer.translate import load_translator, translate
+from hf_vanilla_transformer.translate import BACKENDS, load_translator, translate
 from training.data import DataError, load_translation_dataset
 
 
@@ -25,11 +26,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--length_penalty", type=float, default=0.6)
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--device", default=None)
+    parser.add_argument("--backend", choices=BACKENDS, default="transformers",
+                        help="ctranslate2: --model is a folder exported by `hf_vanilla_transformer.export`")
     parser.add_argument("--output_file", default=None, help="write the translations here, one a line")
     args = parser.parse_args(argv)
 
     try:
-        model, tokenizer = load_translator(args.model, args.device)
+        model, tokenizer = load_translator(args.model, args.device, args.backend)
     except (OSError, ValueError) as error:
         parser.error(f"--model {args.model}: {error}")
     source_lang = args.source_lang or model.config.src_lang
@@ -53,7 +56,8 @@ def main(argv: list[str] | None = None) -> dict:
         with open(args.output_file, "w", encoding="utf-8") as file:
             file.write("\n".join(hypotheses) + "\n")
     result = {"split": args.split, "sentences": len(sources), "bleu": round(bleu["score"], 2),
-              "signature": bleu["signature"], "num_beams": args.num_beams, "length_penalty": args.length_penalty}
+              "signature": bleu["signature"], "num_beams": args.num_beams, "length_penalty": args.length_penalty,
+              "backend": args.backend}
     print(json.dumps(result))
     return result
 

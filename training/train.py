@@ -32,6 +32,7 @@ from hf_vanilla_transformer import (
     record_tokenizer,
     train_tokenizer,
 )
+from hf_vanilla_transformer.export import QUANTIZATIONS, import_ctranslate2
 from hf_vanilla_transformer.hub import save_for_hub
 from hf_vanilla_transformer.metrics import corpus_bleu, load_bleu
 from hf_vanilla_transformer.translate import translate
@@ -91,6 +92,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ckpt.add_argument("--average_checkpoints", type=int, default=5,
                       help="average the last N checkpoints for the final model (§6.1: 5 for base, 20 for big)")
     ckpt.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint folder, or `latest`")
+    ckpt.add_argument("--export_ctranslate2", nargs="?", const="float32", default=None, choices=QUANTIZATIONS,
+                      metavar="QUANTIZATION", help="also export the final model to CTranslate2 in model/ctranslate2 "
+                      "(float32 unless a quantization is named: int8, float16, ...); needs the [ctranslate2] extra")
     evaluation = parser.add_argument_group("evaluation")
     evaluation.add_argument("--eval_steps", type=int, default=None, help="validate every N steps; default: per epoch")
     evaluation.add_argument("--eval_bleu_samples", type=int, default=500,
@@ -246,6 +250,8 @@ def main(argv=None) -> dict:
         logging.getLogger("training").setLevel(logging.INFO)
     logger.info("%s; %d process(es) on %s", accelerator.distributed_type, accelerator.num_processes, accelerator.device)
     started = time.time()
+    if args.export_ctranslate2:
+        import_ctranslate2()  # now, not after training
     set_seed(args.seed, device_specific=True)
 
     checkpoint_root = output / "checkpoints"
@@ -432,7 +438,7 @@ def main(argv=None) -> dict:
         results.update({name: f"{captions[name]}\n\n![{name}]({path.name})" if path else ""
                         for name, path in figures.items()})
         results.setdefault("attention_plot", "")
-        save_for_hub(folder, unwrapped, tokenizer, results)
+        save_for_hub(folder, unwrapped, tokenizer, results, args.export_ctranslate2)
         for path in filter(None, figures.values()):
             shutil.copy(path, folder / path.name)
         logger.info("Saved the Hub-ready model to %s (%.1f minutes in all)", folder, (time.time() - started) / 60)

@@ -1,0 +1,89 @@
+"""The CTranslate2 export: the same translations as `generate`, greedy and beam, post-LN and pre-LN; clear errors
+for what it cannot express; the CLI round trip. Skipped, with the reason, where `ctranslate2` is not installed."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import ROOT, read_multi30k, tiny_config
+
+from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration, hub
+from hf_vanilla_transformer.export import export_ctranslate2
+from hf_vanilla_transformer.translate import load_translator, translate
+from test_ecosystem import RESULTS
+
+pytest.importorskip("ctranslate2", reason='the CTranslate2 export needs pip install "hf-vanilla-transformer[ctranslate2]"')
+
+SOURCES = read_multi30k("val", "de", 24)
+
+
+def briefly_trained(tokenizer, pairs, **overrides):
+    """A tiny model trained for a few dozen steps: it ends sentences and ranks hypotheses, though not well."""
+    torch.manual_seed(0)
+    model = VanillaTransformerForConditionalGeneration(tiny_config(src_lang="de", tgt_lang="en", **overrides))
+    batch = tokenizer([p[0] for p in pairs[:64]], text_target=[p[1] for p in pairs[:64]], padding=True,
+                      return_tensors="pt")
+    batch["labels"][batch["labels"] == tokenizer.pad_token_id] = -100
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3, betas=(0.9, 0.98), eps=1e-9)
+    for _ in range(200):
+        model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return model.eval()
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["post-LN", "pre-LN"])
+def exported(request, tmp_path_factory, tokenizer, pairs):
+    folder = tmp_path_factory.mktemp("ct2") / "model"
+    model = briefly_trained(tokenizer, pairs, normalize_before=request.param)
+    hub.save_for_hub(folder, model, tokenizer, RESULTS, ctranslate2_quantization="float32")  # as training does
+    return folder
+
+
+@pytest.mark.parametrize("num_beams", [1, 4])
+def test_ctranslate2_translates_as_generate_does(exported, num_beams):
+    model, tokenizer = load_translator(str(exported), device="cpu")
+    ct2_model, ct2_tokenizer = load_translator(str(exported / "ctranslate2"), device="cpu", backend="ctranslate2")
+    expected = translate(model, tokenizer, SOURCES, num_beams=num_beams)
+    assert translate(ct2_model, ct2_tokenizer, SOURCES, num_beams=num_beams) == expected
+    assert len(set(expected)) > 5  # the model distinguishes its inputs: the comparison is not vacuous
+
+
+def test_the_hub_folder_carries_the_export_and_says_how_to_use_it(exported):
+    files, left_out = hub.files_to_upload(exported)
+    assert {"ctranslate2/model.bin", "ctranslate2/config.json", "ctranslate2/tokenizer.json",
+            "ctranslate2/README.md"} <= set(files) and not left_out
+    card = (exported / "README.md").read_text()
+    assert "python -m hf_vanilla_transformer.translate --model ctranslate2 --backend ctranslate2" in card
+
+
+def test_configurations_ctranslate2_cannot_express_are_refused(tmp_path, tokenizer):
+    for overrides, field in (({"decoder_attention_heads": 2}, "decoder_attention_heads=2"),
+                             ({"activation_function": "mish"}, "activation_function='mish'")):
+        folder = tmp_path / field.split("=")[0]
+        hub.save_for_hub(folder, VanillaTransformerForConditionalGeneration(tiny_config(**overrides)), tokenizer,
+                         RESULTS)
+        with pytest.raises(ValueError, match=field):
+            export_ctranslate2(folder, tmp_path / "out")
+        assert not (tmp_path / "out").exists()
+
+
+def test_export_and_translate_from_the_command_line(exported, tmp_path):
+    out = tmp_path / "int8"
+    export = subprocess.run([sys.executable, "-m", "hf_vanilla_transformer.export", "ctranslate2", "--model",
+                             str(exported), "--output_dir", str(out), "--quantization", "int8"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert export.returncode == 0, export.stderr[-2000:]
+    assert {"model.bin", "config.json", "tokenizer.json", "generation_config.json", "README.md"} <= {
+        p.name for p in out.iterdir()}
+    translated = subprocess.run([sys.executable, "-m", "hf_vanilla_transformer.translate", "--model", str(out),
+                                 "--backend", "ctranslate2"], input="\n".join(SOURCES[:3] + [""]) + "\n", cwd=ROOT,
+                                capture_output=True, text=True, timeout=300)
+    assert translated.returncode == 0, translated.stderr[-2000:]
+    lines = translated.stdout.split("\n")
+    assert len(lines) == 5 and all(lines[:3]) and lines[3] == ""
+    missing = subprocess.run([sys.executable, "-m", "hf_vanilla_transformer.translate", "--model", str(exported),
+                              "--backend", "ctranslate2", "Ein Hund."], cwd=ROOT, capture_output=True, text=True,
+                             timeout=300)
+    assert missing.returncode != 0 and "is not a CTranslate2 export" in missing.stderr
