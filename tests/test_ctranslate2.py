@@ -87,3 +87,20 @@ def test_export_and_translate_from_the_command_line(exported, tmp_path):
                               "--backend", "ctranslate2", "Ein Hund."], cwd=ROOT, capture_output=True, text=True,
                              timeout=300)
     assert missing.returncode != 0 and "is not a CTranslate2 export" in missing.stderr
+
+
+def test_each_sentence_keeps_its_own_length_limit_in_a_batch(tmp_path, tokenizer):
+    """A model that never ends a sentence (its EOS output weights are zero) runs into §6.1's limit: each sentence
+    gets its own source length + 50 tokens (the last EOS) from both backends, in one batch."""
+    torch.manual_seed(3)
+    model = VanillaTransformerForConditionalGeneration(tiny_config(tie_word_embeddings=False)).eval()
+    with torch.no_grad():
+        model.lm_head.weight[tokenizer.eos_token_id] = 0.0
+    hub.save_for_hub(tmp_path / "model", model, tokenizer, RESULTS)
+    ct2_model, _ = load_translator(str(export_ctranslate2(tmp_path / "model", tmp_path / "ct2")), "cpu", "ctranslate2")
+    sources = [tokenizer(text)["input_ids"] for text in SOURCES[:4]]
+    assert len({len(ids) for ids in sources}) > 1
+    outputs = ct2_model.generate(sources, tokenizer, num_beams=1)
+    for ids, output in zip(sources, outputs):
+        alone = model.generate(input_ids=torch.tensor([ids]), num_beams=1)[0].tolist()
+        assert alone[1:] == output + [tokenizer.eos_token_id] and len(alone) == 1 + len(ids) + 50
