@@ -101,10 +101,12 @@ import json
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 loaded = [AutoTokenizer.from_pretrained({str(folder)!r}), AutoTokenizer.from_pretrained({str(folder)!r},
           trust_remote_code=False), PreTrainedTokenizerFast.from_pretrained({str(folder)!r})]
-print(json.dumps([[t({text!r})["input_ids"], t.pad_token_id, t.eos_token_id, t.unk_token_id, len(t)] for t in loaded]))
+print("RESULT", json.dumps([[t({text!r})["input_ids"], t.pad_token_id, t.eos_token_id, t.unk_token_id, len(t)]
+                            for t in loaded]))
 """
     result = run_python(code, tmp_path, block_package=True)
     assert result.returncode == 0, result.stderr[-3000:]
     expected = [tokenizer(text)["input_ids"], tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id,
                 len(tokenizer)]
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == [expected] * 3
+    # (transformers may first ask, on standard output, whether to run the model's code: stdin is closed, so "no")
+    assert json.loads(result.stdout.split("RESULT", 1)[1]) == [expected] * 3
