@@ -35,7 +35,7 @@ UPLOADED_FILES = (*REQUIRED_FILES, *TOKENIZER_FILES, "README.md", "generation_co
                       "README.md")))
 CTRANSLATE2_USAGE = """The folder `{folder}/` holds the model exported to [CTranslate2](https://github.com/OpenNMT/CTranslate2)
 (weights `{quantization}`), several times faster than `generate` on CPUs; its README says how to use it, e.g.
-`python -m hf_vanilla_transformer.translate --model {folder} --backend ctranslate2 "${{example_source}}"`.
+`python -m hf_vanilla_transformer.translate --model {folder} --backend ctranslate2 "{example}"`.
 """
 
 
@@ -74,8 +74,9 @@ def save_for_hub(folder: str | Path, model, tokenizer, results: dict,
         from .export import export_ctranslate2
 
         export_ctranslate2(folder, folder / CTRANSLATE2_FOLDER, ctranslate2_quantization, force=True)
-        values["ctranslate2_usage"] = CTRANSLATE2_USAGE.format(folder=CTRANSLATE2_FOLDER,
-                                                               quantization=ctranslate2_quantization)
+        values["ctranslate2_usage"] = CTRANSLATE2_USAGE.format(
+            folder=CTRANSLATE2_FOLDER, quantization=ctranslate2_quantization,
+            example=values.get("example_source", "Ein Hund läuft über die Wiese."))
     (folder / RESULTS_NAME).write_text(json.dumps(values, indent=2))
     try:
         (folder / "README.md").write_text(render_model_card(values))

@@ -55,7 +55,8 @@ def test_the_hub_folder_carries_the_export_and_says_how_to_use_it(exported):
     assert {"ctranslate2/model.bin", "ctranslate2/config.json", "ctranslate2/tokenizer.json",
             "ctranslate2/README.md"} <= set(files) and not left_out
     card = (exported / "README.md").read_text()
-    assert "python -m hf_vanilla_transformer.translate --model ctranslate2 --backend ctranslate2" in card
+    assert ('python -m hf_vanilla_transformer.translate --model ctranslate2 --backend ctranslate2 '
+            f'"{RESULTS["example_source"]}"') in card
 
 
 def test_configurations_ctranslate2_cannot_express_are_refused(tmp_path, tokenizer):
