@@ -68,9 +68,6 @@ def check_exportable(config: VanillaTransformerConfig) -> None:
     if config.activation_function not in ACTIVATIONS:
         raise ValueError(f"activation_function={config.activation_function!r} has no CTranslate2 counterpart "
                          f"(these do: {', '.join(ACTIVATIONS)})")
-    position_type = getattr(config, "position_embedding_type", "sinusoidal")
-    if position_type != "sinusoidal":
-        raise ValueError(f"position_embedding_type={position_type!r}: only sinusoidal positions are exported")
 
 
 def transformer_spec(model, tokenizer):
