@@ -9,6 +9,9 @@ from transformers import PreTrainedConfig
 from transformers.activations import ACT2FN
 
 
+POSITION_EMBEDDING_TYPES = ("sinusoidal", "learned", "rope", "alibi")
+
+
 class VanillaTransformerConfig(PreTrainedConfig):
     model_type = "vanilla_transformer"
     keys_to_ignore_at_inference = ["past_key_values"]
@@ -33,6 +36,9 @@ class VanillaTransformerConfig(PreTrainedConfig):
     label_smoothing: float = 0.1  # ε_ls (§5.4)
     normalize_before: bool = False  # False: LayerNorm(x + Sublayer(x)) as in §3.1; True: pre-LN
     max_position_embeddings: int = 1024  # longest source or target sequence accepted
+    # How tokens know their position: "sinusoidal" (§3.5), "learned" (Table 3, row E), "rope" (rotary queries and
+    # keys in self-attention) or "alibi" (linear distance biases on self-attention scores); see POSITION_EMBEDDING_TYPES.
+    position_embedding_type: str = "sinusoidal"
     scale_embedding: bool = True  # multiply embeddings by sqrt(d_model) (§3.4)
     init_std: float | None = None  # std of the embedding init; None means d_model ** -0.5
     share_encoder_decoder_embeddings: bool = True  # one embedding matrix for source and target (§3.4)
@@ -71,8 +77,16 @@ class VanillaTransformerConfig(PreTrainedConfig):
         for name in ("encoder_attention_heads", "decoder_attention_heads"):
             if self.d_model % getattr(self, name):
                 raise ValueError(f"`d_model` ({self.d_model}) must be divisible by `{name}` ({getattr(self, name)})")
-        if self.d_model % 2:
+        if self.position_embedding_type not in POSITION_EMBEDDING_TYPES:
+            raise ValueError(f"`position_embedding_type` {self.position_embedding_type!r} is unknown; use one of "
+                             f"{', '.join(POSITION_EMBEDDING_TYPES)}")
+        if self.position_embedding_type == "sinusoidal" and self.d_model % 2:
             raise ValueError(f"`d_model` must be even for the sinusoidal positional encoding, got {self.d_model}")
+        if self.position_embedding_type == "rope":
+            for name in ("encoder_attention_heads", "decoder_attention_heads"):
+                if (self.d_model // getattr(self, name)) % 2:
+                    raise ValueError(f"`position_embedding_type` 'rope' rotates pairs of query and key features, so "
+                                     f"d_model / `{name}` ({self.d_model // getattr(self, name)}) must be even")
         for name in ("dropout", "attention_dropout", "activation_dropout", "label_smoothing"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:

@@ -6,8 +6,9 @@
 The export is a `ctranslate2.specs.TransformerSpec` filled from the model: post-LN or pre-LN (with the final
 LayerNorms) from `normalize_before`, the √d_model embedding scale, the shared embeddings and tied projection, and
 the paper's interleaved sinusoidal encodings (§3.5) passed as a table, since CTranslate2's own sinusoid lays sin and
-cos out in halves. OUT also holds the tokenizer, the generation config and a README. `ctranslate2` is an optional
-extra: `pip install "hf-vanilla-transformer[ctranslate2]"`.
+cos out in halves (learned positions, Table 3 row E, likewise; RoPE and ALiBi models cannot be exported). OUT
+also holds the tokenizer, the generation config and a README. `ctranslate2` is an optional extra:
+`pip install "hf-vanilla-transformer[ctranslate2]"`.
 """
 
 import argparse
@@ -65,6 +66,10 @@ def check_exportable(config: VanillaTransformerConfig) -> None:
     if config.encoder_attention_heads != config.decoder_attention_heads:
         raise ValueError(f"encoder_attention_heads={config.encoder_attention_heads} and decoder_attention_heads="
                          f"{config.decoder_attention_heads}: CTranslate2 takes one head count for both stacks")
+    if config.position_embedding_type not in ("sinusoidal", "learned"):
+        raise ValueError(f"position_embedding_type={config.position_embedding_type!r}: CTranslate2's encoder-decoder "
+                         "Transformer adds positions to the embeddings (sinusoidal or learned) and has no rotary or "
+                         "ALiBi self-attention in its encoder, so this model cannot be exported")
     if config.activation_function not in ACTIVATIONS:
         raise ValueError(f"activation_function={config.activation_function!r} has no CTranslate2 counterpart "
                          f"(these do: {', '.join(ACTIVATIONS)})")
@@ -82,11 +87,10 @@ def transformer_spec(model, tokenizer):
         pre_norm=config.normalize_before,
         activation=common_spec.Activation[ACTIVATIONS[config.activation_function]],
     )
-    with torch.no_grad():
-        positions = model.model.encoder.embed_positions(torch.arange(config.max_position_embeddings))
     for stack_spec, stack in ((spec.encoder, model.model.encoder), (spec.decoder, model.model.decoder)):
         stack_spec.scale_embeddings = math.sqrt(config.d_model) if config.scale_embedding else 1.0
-        stack_spec.position_encodings.encodings = positions  # §3.5, sin and cos interleaved
+        with torch.no_grad():  # §3.5's sinusoids (sin and cos interleaved) or Table 3's learned vectors, as a table
+            stack_spec.position_encodings.encodings = stack.embed_positions(torch.arange(config.max_position_embeddings))
         embeddings = stack_spec.embeddings[0] if isinstance(stack_spec.embeddings, list) else stack_spec.embeddings
         embeddings.weight = stack.embed_tokens.weight
         if config.normalize_before:

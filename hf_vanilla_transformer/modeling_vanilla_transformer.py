@@ -3,8 +3,10 @@
 Section (§) and equation numbers refer to the paper (arXiv:1706.03762). The classes follow its structure:
 `SinusoidalPositionalEncoding` (§3.5), `MultiHeadAttention` (§3.2), `PositionwiseFeedForward` (§3.3),
 `SublayerConnection` (§3.1), `EncoderLayer`/`DecoderLayer` and their stacks (§3.1), the shared embeddings and
-pre-softmax projection (§3.4), and the label-smoothed loss (§5.4). This file imports only torch, transformers and
-its configuration, so that a saved model folder carries it as remote code.
+pre-softmax projection (§3.4), and the label-smoothed loss (§5.4). The alternatives to §3.5 that
+`config.position_embedding_type` selects are here too: `LearnedPositionalEmbedding` (Table 3, row E),
+`RotaryPositionalEmbedding` (RoPE) and `ALiBi`. This file imports only torch, transformers and its configuration,
+so that a saved model folder carries it as remote code.
 """
 
 import math
@@ -74,6 +76,65 @@ class SinusoidalPositionalEncoding(nn.Module):
         return torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(-2)  # (T, d_model), sin and cos interleaved
 
 
+class LearnedPositionalEmbedding(nn.Embedding):
+    """Table 3, row E: "learned positional embeddings instead of sinusoids", one trained vector per position,
+    added to the token embeddings like §3.5's encoding (initialised as fairseq does, N(0, d_model^-1))."""
+
+
+class RotaryPositionalEmbedding(nn.Module):
+    """RoPE (Su et al., 2021, Eq. 34): rotate query and key features pairwise, (x_i, x_{i + d_k/2}) by the angle
+    pos · 10000^(-2i/d_k), so that a query-key product depends on their positions only through their distance."""
+
+    def __init__(self, head_dim: int):
+        super().__init__()
+        self.head_dim = head_dim
+
+    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        exponents = torch.arange(0, self.head_dim, 2, device=positions.device, dtype=torch.float32) / self.head_dim
+        angles = positions.float()[:, None] / 10000.0**exponents  # (T, d_k/2)
+        angles = torch.cat((angles, angles), dim=-1)  # (T, d_k): feature i and i + d_k/2 share an angle
+        return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate each pair (x_i, x_{i + d_k/2}) of x (B, h, T, d_k) by the angles whose cosines and sines are given."""
+    first, second = x.chunk(2, dim=-1)
+    return (x * cos + torch.cat((-second, first), dim=-1) * sin).to(x.dtype)
+
+
+def alibi_slopes(num_heads: int) -> torch.Tensor:
+    """ALiBi's head-specific slopes (Press et al., 2022, §3): the geometric sequence 2^(-8/n), 2^(-16/n), ... for n
+    heads, n a power of two; otherwise those of the nearest smaller power of two, then every other slope of the next."""
+    closest = 2 ** math.floor(math.log2(num_heads))
+    slopes = [2 ** (-8 * (h + 1) / closest) for h in range(closest)]
+    slopes += [2 ** (-4 * (2 * h + 1) / closest) for h in range(num_heads - closest)]
+    return torch.tensor(slopes)
+
+
+class ALiBi(nn.Module):
+    """ALiBi (Press et al., 2022): no position is added to the embeddings; head h's score of query i for key j gets
+    the bias -m_h · |i - j| instead (keys after i hidden in the decoder, both directions in the encoder)."""
+
+    def __init__(self, num_heads: int, is_causal: bool):
+        super().__init__()
+        self.num_heads = num_heads
+        self.is_causal = is_causal
+
+    def forward(self, attention_mask: torch.Tensor | None, positions: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The additive mask (1 or B, h, T, S) of the biases and of `attention_mask` (None, a boolean mask, True
+        where a key is visible, or an additive one) for queries at `positions` and keys at 0 .. positions[-1]."""
+        keys = torch.arange(int(positions[-1]) + 1, device=positions.device)
+        distances = (keys[None, :] - positions[:, None]).abs()  # (T, S)
+        bias = -alibi_slopes(self.num_heads).to(positions.device)[:, None, None] * distances  # (h, T, S)
+        bias = bias[None].to(dtype)
+        if attention_mask is not None and attention_mask.is_floating_point():
+            return attention_mask.to(dtype) + bias  # it already holds the dtype's minimum where a key is hidden
+        visible = attention_mask
+        if visible is None and self.is_causal:
+            visible = keys[None, :] <= positions[:, None]
+        return bias if visible is None else bias.masked_fill(~visible, torch.finfo(dtype).min)
+
+
 class MultiHeadAttention(nn.Module):
     """§3.2.2: MultiHead(Q, K, V) = Concat(head_1, ..., head_h) W^O, head_i = Attention(Q W_i^Q, K W_i^K, V W_i^V).
 
@@ -101,8 +162,10 @@ class MultiHeadAttention(nn.Module):
         key_value_states: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         past_key_values: EncoderDecoderCache | None = None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`position_embeddings`: RoPE's cosines and sines for the new positions, which rotate queries and keys."""
         batch_size, length, _ = hidden_states.shape
         query = self.q_proj(hidden_states).view(batch_size, length, self.num_heads, self.head_dim).transpose(1, 2)
         # query: (B, h, T, d_k)
@@ -117,6 +180,8 @@ class MultiHeadAttention(nn.Module):
             source = key_value_states if is_cross_attention else hidden_states
             key_value = self.kv_proj(source).view(batch_size, -1, 2, self.num_heads, self.head_dim)  # (B, S, 2, h, d_k)
             key, value = key_value.permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (B, h, S, d_k)
+            if position_embeddings is not None:
+                query, key = apply_rotary(query, *position_embeddings), apply_rotary(key, *position_embeddings)
             if cache is not None:
                 key, value = cache.update(key, value, self.layer_idx)
                 if is_cross_attention:
@@ -178,9 +243,12 @@ class EncoderLayer(GradientCheckpointingLayer):
         self.self_attn_sublayer = SublayerConnection(config)
         self.feed_forward_sublayer = SublayerConnection(config)
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, **kwargs) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None,
+                position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None, **kwargs) -> torch.Tensor:
         hidden_states = self.self_attn_sublayer(
-            hidden_states, lambda x: self.self_attn(x, attention_mask=attention_mask, **kwargs)[0]
+            hidden_states,
+            lambda x: self.self_attn(x, attention_mask=attention_mask, position_embeddings=position_embeddings,
+                                     **kwargs)[0],
         )
         return self.feed_forward_sublayer(hidden_states, self.feed_forward)
 
@@ -204,11 +272,13 @@ class DecoderLayer(GradientCheckpointingLayer):
         encoder_hidden_states: torch.Tensor,
         encoder_attention_mask: torch.Tensor | None,
         past_key_values: EncoderDecoderCache | None = None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
         **kwargs,
     ) -> torch.Tensor:
         hidden_states = self.self_attn_sublayer(
             hidden_states,
-            lambda x: self.self_attn(x, attention_mask=attention_mask, past_key_values=past_key_values, **kwargs)[0],
+            lambda x: self.self_attn(x, attention_mask=attention_mask, past_key_values=past_key_values,
+                                     position_embeddings=position_embeddings, **kwargs)[0],
         )
         hidden_states = self.encoder_attn_sublayer(
             hidden_states,
@@ -261,21 +331,33 @@ class VanillaTransformerPreTrainedModel(PreTrainedModel):
 
 
 class VanillaTransformerStack(VanillaTransformerPreTrainedModel):
-    """What encoder and decoder share: the embedded input (§3.4–3.5), N layers, and pre-LN's final LayerNorm."""
+    """What encoder and decoder share: the embedded input (§3.4–3.5), N layers, and pre-LN's final LayerNorm.
 
-    def __init__(self, config: VanillaTransformerConfig, layers: list[nn.Module], tied_embedding: bool = False):
+    Positions enter as `config.position_embedding_type` says: added to the embeddings ("sinusoidal", "learned"),
+    rotating self-attention's queries and keys ("rope"), or biasing self-attention's scores ("alibi").
+    """
+
+    def __init__(self, config: VanillaTransformerConfig, layers: list[nn.Module], num_heads: int, is_causal: bool,
+                 tied_embedding: bool = False):
         super().__init__(config)
         # A tied embedding gets its matrix from `tie_weights` (§3.4): until then it holds none, and draws no numbers.
         self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model, config.pad_token_id,
                                          device="meta" if tied_embedding else None)
-        self.embed_positions = SinusoidalPositionalEncoding(config.d_model)
+        kind = config.position_embedding_type
+        self.embed_positions = None  # added to the embeddings: §3.5's sinusoids or Table 3's learned vectors (E)
+        if kind == "sinusoidal":
+            self.embed_positions = SinusoidalPositionalEncoding(config.d_model)
+        elif kind == "learned":
+            self.embed_positions = LearnedPositionalEmbedding(config.max_position_embeddings, config.d_model)
+        self.rotary = RotaryPositionalEmbedding(config.d_model // num_heads) if kind == "rope" else None
+        self.alibi = ALiBi(num_heads, is_causal) if kind == "alibi" else None
         self.dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList(layers)
         self.layer_norm = nn.LayerNorm(config.d_model) if config.normalize_before else None
         self.post_init()
 
-    def embed(self, inputs_embeds: torch.Tensor, past_length: int) -> torch.Tensor:
-        """§3.4–3.5: sqrt(d_model) · embeddings + positional encodings, then dropout (§5.4)."""
+    def positions(self, inputs_embeds: torch.Tensor, past_length: int) -> torch.Tensor:
+        """The positions of the new tokens, which follow the `past_length` cached ones."""
         length = inputs_embeds.shape[1]
         if length == 0:
             raise ValueError("The input sequence is empty: pass at least one token")
@@ -284,10 +366,25 @@ class VanillaTransformerStack(VanillaTransformerPreTrainedModel):
                 f"The sequence has {past_length + length} positions, more than max_position_embeddings="
                 f"{self.config.max_position_embeddings}; truncate the input (e.g. `tokenizer(..., truncation=True)`)"
             )
-        positions = torch.arange(past_length, past_length + length, device=inputs_embeds.device)
+        return torch.arange(past_length, past_length + length, device=inputs_embeds.device)
+
+    def embed(self, inputs_embeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """§3.4–3.5: sqrt(d_model) · embeddings (+ positional encodings when added), then dropout (§5.4)."""
         scale = math.sqrt(self.config.d_model) if self.config.scale_embedding else 1.0
-        hidden_states = inputs_embeds * scale + self.embed_positions(positions).to(inputs_embeds.dtype)
+        hidden_states = inputs_embeds * scale
+        if self.embed_positions is not None:
+            hidden_states = hidden_states + self.embed_positions(positions).to(inputs_embeds.dtype)
         return self.dropout(hidden_states)
+
+    def self_attention_positions(self, attention_mask, positions: torch.Tensor, dtype: torch.dtype):
+        """Self-attention's mask, with ALiBi's biases when it has them, and RoPE's rotation (or None)."""
+        if self.alibi is not None:
+            if self.config._attn_implementation not in ("eager", "sdpa"):
+                raise ValueError(f"position_embedding_type='alibi' adds biases to the attention scores, which the "
+                                 f"eager and sdpa attention take; attn_implementation="
+                                 f"{self.config._attn_implementation!r} does not")
+            attention_mask = self.alibi(attention_mask, positions, dtype)
+        return attention_mask, self.rotary(positions) if self.rotary is not None else None
 
 
 class VanillaTransformerEncoder(VanillaTransformerStack):
@@ -296,7 +393,8 @@ class VanillaTransformerEncoder(VanillaTransformerStack):
     _can_record_outputs = {"hidden_states": EncoderLayer, "attentions": MultiHeadAttention}
 
     def __init__(self, config: VanillaTransformerConfig):
-        super().__init__(config, [EncoderLayer(config) for _ in range(config.encoder_layers)])
+        layers = [EncoderLayer(config) for _ in range(config.encoder_layers)]
+        super().__init__(config, layers, config.encoder_attention_heads, is_causal=False)
 
     @capture_outputs
     def forward(
@@ -310,12 +408,15 @@ class VanillaTransformerEncoder(VanillaTransformerStack):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`")
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
-        hidden_states = self.embed(inputs_embeds, past_length=0)
+        positions = self.positions(inputs_embeds, past_length=0)
+        hidden_states = self.embed(inputs_embeds, positions)
         attention_mask = create_bidirectional_mask(
             config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask
         )
+        attention_mask, position_embeddings = self.self_attention_positions(attention_mask, positions,
+                                                                            hidden_states.dtype)
         for layer in self.layers:
-            hidden_states = layer(hidden_states, attention_mask, **kwargs)
+            hidden_states = layer(hidden_states, attention_mask, position_embeddings, **kwargs)
         if self.layer_norm is not None:
             hidden_states = self.layer_norm(hidden_states)
         return BaseModelOutput(last_hidden_state=hidden_states)
@@ -332,7 +433,8 @@ class VanillaTransformerDecoder(VanillaTransformerStack):
 
     def __init__(self, config: VanillaTransformerConfig):
         layers = [DecoderLayer(config, layer_idx=i) for i in range(config.decoder_layers)]
-        super().__init__(config, layers, tied_embedding=config.share_encoder_decoder_embeddings)
+        super().__init__(config, layers, config.decoder_attention_heads, is_causal=True,
+                         tied_embedding=config.share_encoder_decoder_embeddings)
 
     @capture_outputs
     def forward(
@@ -359,7 +461,8 @@ class VanillaTransformerDecoder(VanillaTransformerStack):
             raise TypeError(f"`past_key_values` must be an EncoderDecoderCache, got {type(past_key_values).__name__}")
         past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
 
-        hidden_states = self.embed(inputs_embeds, past_length)
+        positions = self.positions(inputs_embeds, past_length)
+        hidden_states = self.embed(inputs_embeds, positions)
         self_attention_mask = create_causal_mask(
             config=self.config,
             inputs_embeds=hidden_states,
@@ -372,6 +475,8 @@ class VanillaTransformerDecoder(VanillaTransformerStack):
             attention_mask=encoder_attention_mask,
             encoder_hidden_states=encoder_hidden_states,
         )
+        self_attention_mask, position_embeddings = self.self_attention_positions(self_attention_mask, positions,
+                                                                                 hidden_states.dtype)
         for layer in self.layers:
             hidden_states = layer(
                 hidden_states,
@@ -379,6 +484,7 @@ class VanillaTransformerDecoder(VanillaTransformerStack):
                 encoder_hidden_states,
                 encoder_attention_mask,
                 past_key_values=past_key_values,
+                position_embeddings=position_embeddings,
                 **kwargs,
             )
         if self.layer_norm is not None:

@@ -1,5 +1,5 @@
-"""The CTranslate2 export: the same translations as `generate`, greedy and beam, post-LN and pre-LN; clear errors
-for what it cannot express; the CLI round trip. Skipped, with the reason, where `ctranslate2` is not installed."""
+"""The CTranslate2 export: the same translations as `generate`, greedy and beam, post-LN and pre-LN (with learned
+positions); clear errors for what it cannot express; the CLI round trip. Skipped, with the reason, where `ctranslate2` is not installed."""
 
 import subprocess
 import sys
@@ -33,10 +33,11 @@ def briefly_trained(tokenizer, pairs, **overrides):
     return model.eval()
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["post-LN", "pre-LN"])
+@pytest.fixture(scope="module", params=[{}, {"normalize_before": True, "position_embedding_type": "learned"}],
+                ids=["post-LN", "pre-LN-learned-positions"])
 def exported(request, tmp_path_factory, tokenizer, pairs):
     folder = tmp_path_factory.mktemp("ct2") / "model"
-    model = briefly_trained(tokenizer, pairs, normalize_before=request.param)
+    model = briefly_trained(tokenizer, pairs, **request.param)
     hub.save_for_hub(folder, model, tokenizer, RESULTS, ctranslate2_quantization="float32")  # as training does
     return folder
 
@@ -61,7 +62,9 @@ def test_the_hub_folder_carries_the_export_and_says_how_to_use_it(exported):
 
 def test_configurations_ctranslate2_cannot_express_are_refused(tmp_path, tokenizer):
     for overrides, field in (({"decoder_attention_heads": 2}, "decoder_attention_heads=2"),
-                             ({"activation_function": "mish"}, "activation_function='mish'")):
+                             ({"activation_function": "mish"}, "activation_function='mish'"),
+                             ({"position_embedding_type": "rope"}, "position_embedding_type='rope'"),
+                             ({"position_embedding_type": "alibi"}, "position_embedding_type='alibi'")):
         folder = tmp_path / field.split("=")[0]
         hub.save_for_hub(folder, VanillaTransformerForConditionalGeneration(tiny_config(**overrides)), tokenizer,
                          RESULTS)
