@@ -27,6 +27,7 @@ class VanillaTransformerConfig(PreTrainedConfig):
     decoder_layers: int = 6  # N
     encoder_attention_heads: int = 8  # h
     decoder_attention_heads: int = 8  # h
+    attention_key_dim: int | None = None  # d_k of each head; None: d_model / h = d_v (§3.2.2); Table 3, row B
     encoder_ffn_dim: int = 2048  # d_ff
     decoder_ffn_dim: int = 2048  # d_ff
     activation_function: str = "relu"  # the max(0, ·) of Eq. 2
@@ -74,6 +75,10 @@ class VanillaTransformerConfig(PreTrainedConfig):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
+        if self.attention_key_dim is not None and (
+                isinstance(self.attention_key_dim, bool) or not isinstance(self.attention_key_dim, int)
+                or self.attention_key_dim <= 0):
+            raise ValueError(f"`attention_key_dim` must be a positive integer or None, got {self.attention_key_dim!r}")
         for name in ("encoder_attention_heads", "decoder_attention_heads"):
             if self.d_model % getattr(self, name):
                 raise ValueError(f"`d_model` ({self.d_model}) must be divisible by `{name}` ({getattr(self, name)})")
@@ -84,9 +89,9 @@ class VanillaTransformerConfig(PreTrainedConfig):
             raise ValueError(f"`d_model` must be even for the sinusoidal positional encoding, got {self.d_model}")
         if self.position_embedding_type == "rope":
             for name in ("encoder_attention_heads", "decoder_attention_heads"):
-                if (self.d_model // getattr(self, name)) % 2:
+                if self.key_dim(getattr(self, name)) % 2:
                     raise ValueError(f"`position_embedding_type` 'rope' rotates pairs of query and key features, so "
-                                     f"d_model / `{name}` ({self.d_model // getattr(self, name)}) must be even")
+                                     f"d_k of `{name}` ({self.key_dim(getattr(self, name))}) must be even")
         for name in ("dropout", "attention_dropout", "activation_dropout", "label_smoothing"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
@@ -99,6 +104,10 @@ class VanillaTransformerConfig(PreTrainedConfig):
             value = getattr(self, name)
             if value is not None and not 0 <= value < self.vocab_size:
                 raise ValueError(f"`{name}` ({value}) must be a token id in [0, vocab_size={self.vocab_size})")
+
+    def key_dim(self, num_heads: int) -> int:
+        """d_k, the query and key size of each of `num_heads` heads (§3.2.2: d_model / h unless set)."""
+        return self.attention_key_dim or self.d_model // num_heads
 
     @classmethod
     def base(cls, **overrides) -> "VanillaTransformerConfig":

@@ -66,6 +66,9 @@ def check_exportable(config: VanillaTransformerConfig) -> None:
     if config.encoder_attention_heads != config.decoder_attention_heads:
         raise ValueError(f"encoder_attention_heads={config.encoder_attention_heads} and decoder_attention_heads="
                          f"{config.decoder_attention_heads}: CTranslate2 takes one head count for both stacks")
+    if config.attention_key_dim not in (None, config.d_model // config.encoder_attention_heads):
+        raise ValueError(f"attention_key_dim={config.attention_key_dim}: CTranslate2's attention takes queries and keys "
+                         f"of d_model / heads = {config.d_model // config.encoder_attention_heads} features per head")
     if config.position_embedding_type not in ("sinusoidal", "learned"):
         raise ValueError(f"position_embedding_type={config.position_embedding_type!r}: CTranslate2's encoder-decoder "
                          "Transformer adds positions to the embeddings (sinusoidal or learned) and has no rotary or "

@@ -85,12 +85,12 @@ class RotaryPositionalEmbedding(nn.Module):
     """RoPE (Su et al., 2021, Eq. 34): rotate query and key features pairwise, (x_i, x_{i + d_k/2}) by the angle
     pos · 10000^(-2i/d_k), so that a query-key product depends on their positions only through their distance."""
 
-    def __init__(self, head_dim: int):
+    def __init__(self, key_dim: int):
         super().__init__()
-        self.head_dim = head_dim
+        self.key_dim = key_dim
 
     def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        exponents = torch.arange(0, self.head_dim, 2, device=positions.device, dtype=torch.float32) / self.head_dim
+        exponents = torch.arange(0, self.key_dim, 2, device=positions.device, dtype=torch.float32) / self.key_dim
         angles = positions.float()[:, None] / 10000.0**exponents  # (T, d_k/2)
         angles = torch.cat((angles, angles), dim=-1)  # (T, d_k): feature i and i + d_k/2 share an angle
         return angles.cos(), angles.sin()
@@ -147,13 +147,14 @@ class MultiHeadAttention(nn.Module):
         super().__init__()
         self.config = config
         self.num_heads = num_heads
-        self.head_dim = config.d_model // num_heads  # d_k = d_v = d_model / h
-        self.scaling = self.head_dim**-0.5  # 1 / sqrt(d_k)
+        self.key_dim = config.key_dim(num_heads)  # d_k: d_model / h unless set (Table 3, row B)
+        self.head_dim = config.d_model // num_heads  # d_v = d_model / h
+        self.scaling = self.key_dim**-0.5  # 1 / sqrt(d_k)
         self.dropout = config.attention_dropout
         self.is_causal = is_causal
         self.layer_idx = layer_idx
-        self.q_proj = nn.Linear(config.d_model, config.d_model)  # W^Q of all heads
-        self.kv_proj = nn.Linear(config.d_model, 2 * config.d_model)  # W^K and W^V of all heads, fused
+        self.q_proj = nn.Linear(config.d_model, num_heads * self.key_dim)  # W^Q of all heads
+        self.kv_proj = nn.Linear(config.d_model, num_heads * (self.key_dim + self.head_dim))  # W^K, W^V fused
         self.out_proj = nn.Linear(config.d_model, config.d_model)  # W^O
 
     def forward(
@@ -167,7 +168,7 @@ class MultiHeadAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`position_embeddings`: RoPE's cosines and sines for the new positions, which rotate queries and keys."""
         batch_size, length, _ = hidden_states.shape
-        query = self.q_proj(hidden_states).view(batch_size, length, self.num_heads, self.head_dim).transpose(1, 2)
+        query = self.q_proj(hidden_states).view(batch_size, length, self.num_heads, self.key_dim).transpose(1, 2)
         # query: (B, h, T, d_k)
 
         is_cross_attention = key_value_states is not None
@@ -178,8 +179,9 @@ class MultiHeadAttention(nn.Module):
             key, value = cache.layers[self.layer_idx].keys, cache.layers[self.layer_idx].values
         else:
             source = key_value_states if is_cross_attention else hidden_states
-            key_value = self.kv_proj(source).view(batch_size, -1, 2, self.num_heads, self.head_dim)  # (B, S, 2, h, d_k)
-            key, value = key_value.permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (B, h, S, d_k)
+            key, value = self.kv_proj(source).split([self.num_heads * self.key_dim, self.num_heads * self.head_dim], -1)
+            key = key.view(batch_size, -1, self.num_heads, self.key_dim).transpose(1, 2)  # (B, h, S, d_k)
+            value = value.view(batch_size, -1, self.num_heads, self.head_dim).transpose(1, 2)  # (B, h, S, d_v)
             if position_embeddings is not None:
                 query, key = apply_rotary(query, *position_embeddings), apply_rotary(key, *position_embeddings)
             if cache is not None:
@@ -349,7 +351,7 @@ class VanillaTransformerStack(VanillaTransformerPreTrainedModel):
             self.embed_positions = SinusoidalPositionalEncoding(config.d_model)
         elif kind == "learned":
             self.embed_positions = LearnedPositionalEmbedding(config.max_position_embeddings, config.d_model)
-        self.rotary = RotaryPositionalEmbedding(config.d_model // num_heads) if kind == "rope" else None
+        self.rotary = RotaryPositionalEmbedding(config.key_dim(num_heads)) if kind == "rope" else None
         self.alibi = ALiBi(num_heads, is_causal) if kind == "alibi" else None
         self.dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList(layers)

@@ -63,6 +63,7 @@ def test_the_hub_folder_carries_the_export_and_says_how_to_use_it(exported):
 def test_configurations_ctranslate2_cannot_express_are_refused(tmp_path, tokenizer):
     for overrides, field in (({"decoder_attention_heads": 2}, "decoder_attention_heads=2"),
                              ({"activation_function": "mish"}, "activation_function='mish'"),
+                             ({"attention_key_dim": 4}, "attention_key_dim=4"),
                              ({"position_embedding_type": "rope"}, "position_embedding_type='rope'"),
                              ({"position_embedding_type": "alibi"}, "position_embedding_type='alibi'")):
         folder = tmp_path / field.split("=")[0]

@@ -35,6 +35,10 @@ def test_unknown_types_and_odd_rotary_sizes_are_refused():
     with pytest.raises(ValueError, match="`position_embedding_type` 'rope'.*encoder_attention_heads"):
         VanillaTransformerConfig.tiny(position_embedding_type="rope", d_model=36, encoder_attention_heads=4,
                                       decoder_attention_heads=2)
+    with pytest.raises(ValueError, match="`position_embedding_type` 'rope'.*d_k of `encoder_attention_heads` \\(5\\)"):
+        VanillaTransformerConfig.tiny(position_embedding_type="rope", attention_key_dim=5)
+    with pytest.raises(ValueError, match="`attention_key_dim` must be a positive integer"):
+        VanillaTransformerConfig.tiny(attention_key_dim=0)
 
 
 def test_only_the_additive_types_add_to_the_embeddings():
@@ -206,3 +210,24 @@ def test_alibi_needs_an_attention_that_takes_biases():
     input_ids, attention_mask, decoder_input_ids = batch()
     with pytest.raises(ValueError, match="attn_implementation='flash_attention_2'"):
         forward(model, input_ids, attention_mask, decoder_input_ids)
+
+
+@pytest.mark.parametrize("kind", ["sinusoidal", "rope"])
+def test_a_smaller_key_size_keeps_cache_sdpa_and_saving_exact(tmp_path, kind):
+    """Table 3, row B: d_k = 4 with h = 4 heads of d_v = 8; the queries and keys shrink, the values keep their size."""
+    model = make_model(kind, attention_key_dim=4)
+    attention = model.model.encoder.layers[0].self_attn
+    assert attention.q_proj.out_features == 4 * 4 and attention.kv_proj.out_features == 4 * 4 + 32
+    assert attention.scaling == 4**-0.5
+    input_ids, attention_mask, decoder_input_ids = batch()
+    eager = make_model(kind, attention_key_dim=4, attn_implementation="eager")
+    eager.load_state_dict(model.state_dict())
+    expected = forward(eager, input_ids, attention_mask, decoder_input_ids).logits
+    torch.testing.assert_close(forward(model, input_ids, attention_mask, decoder_input_ids).logits, expected,
+                               atol=1e-5, rtol=1e-5)
+    kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, num_beams=4, max_new_tokens=8)
+    assert torch.equal(model.generate(**kwargs, use_cache=True), model.generate(**kwargs, use_cache=False))
+    model.save_pretrained(tmp_path)
+    loaded = VanillaTransformerForConditionalGeneration.from_pretrained(tmp_path).eval()
+    assert torch.equal(forward(loaded, input_ids, attention_mask, decoder_input_ids).logits,
+                       forward(model, input_ids, attention_mask, decoder_input_ids).logits)
