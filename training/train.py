@@ -10,6 +10,7 @@ Hub-ready folder with the averaged final weights, the tokenizer, the model card 
 
 import argparse
 import importlib.util
+import json
 import logging
 import math
 import shutil
@@ -43,7 +44,7 @@ from training.tracking import JSONLTracker, plot_learning_curve, truncate_log
 logger = logging.getLogger("training.train")
 
 # Everything a run writes into --output_dir; --overwrite_output_dir removes all of it.
-RUN_OUTPUTS = ("checkpoints", "tokenizer", "logs", "model", "learning_curve.png", "attention.png")
+RUN_OUTPUTS = ("checkpoints", "tokenizer", "logs", "model", "learning_curve.png", "attention.png", "translations.txt")
 PRESETS = {"tiny": VanillaTransformerConfig.tiny, "small": VanillaTransformerConfig.small,
            "base": VanillaTransformerConfig.base, "big": VanillaTransformerConfig.big}
 
@@ -73,6 +74,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     data.add_argument("--target_lang", default="en")
     data.add_argument("--max_train_samples", type=int, default=None)
     data.add_argument("--max_eval_samples", type=int, default=None)
+    data.add_argument("--max_train_source_tokens", type=int, default=None,
+                      help="train only on pairs whose source has at most this many tokens (length generalisation)")
     optim = parser.add_argument_group("optimisation (§5)")
     optim.add_argument("--num_train_epochs", type=float, default=10)
     optim.add_argument("--max_steps", type=int, default=None, help="stop after this many steps (overrides epochs)")
@@ -166,8 +169,13 @@ def parse_config_overrides(text: str | None) -> dict:
         default = getattr(defaults, name)
         if isinstance(default, bool):
             overrides[name] = value.lower() in ("true", "1", "yes")
-        else:
-            overrides[name] = type(default)(value) if default is not None else value
+        elif default is not None:
+            overrides[name] = type(default)(value)
+        else:  # a field that may be None: a number, null, or else text
+            try:
+                overrides[name] = json.loads(value)
+            except json.JSONDecodeError:
+                overrides[name] = value
     return overrides
 
 
@@ -285,6 +293,11 @@ def main(argv=None) -> dict:
         max_length = model.config.max_position_embeddings
         data = {split: tokenize(raw[split], tokenizer, args.source_lang, args.target_lang, max_length) for split in raw}
     too_long = {f"{split}_pairs_too_long": len(raw[split]) - len(data[split]) for split in raw}
+    if args.max_train_source_tokens:
+        data["train"] = data["train"].filter(lambda ids: len(ids) <= args.max_train_source_tokens,
+                                             input_columns="input_ids", desc="Keeping short sources")
+        logger.info("Training on the %d pairs whose source has at most %d tokens", len(data["train"]),
+                    args.max_train_source_tokens)
     for split in raw:
         if len(data[split]) < len(raw[split]):
             logger.warning("%d pairs of %r are longer than max_position_embeddings=%d tokens: left out of training "
@@ -404,6 +417,12 @@ def main(argv=None) -> dict:
     unwrapped.eval()
     results = {"train_minutes": round(train_minutes, 1), "train_steps": step,
                "train_epochs": round(step / steps_per_epoch, 1), "averaged_checkpoints": len(usable)}
+    if has_validation:  # of the averaged model, per target token, without label smoothing (Table 3's PPL)
+        smoothing, unwrapped.config.label_smoothing = unwrapped.config.label_smoothing, 0.0
+        nll = validation_loss(model, data["validation"], collator, accelerator, args.max_tokens)
+        unwrapped.config.label_smoothing = smoothing
+        results["validation_perplexity"] = round(math.exp(nll), 2)
+        unwrapped.eval()
     split = args.eval_split if args.eval_split in raw else ("validation" if has_validation else None)
     if split is not None:
         test_pairs = raw[split]["translation"]
@@ -411,6 +430,8 @@ def main(argv=None) -> dict:
         hypotheses = translate_split(unwrapped, tokenizer, test_sources, accelerator, num_beams=args.num_beams,
                                      length_penalty=args.length_penalty)
         bleu = corpus_bleu(hypotheses, [p[args.target_lang] for p in test_pairs], bleu_metric)
+        if accelerator.is_main_process:
+            (output / "translations.txt").write_text("".join(f"{line}\n" for line in hypotheses), encoding="utf-8")
         results.update(bleu=round(bleu["score"], 2), bleu_signature=bleu["signature"], eval_split=split,
                        eval_sentences=len(test_sources), example_source=test_sources[0].replace('"', "'"))
         accelerator.log({f"{split}_bleu": bleu["score"]}, step=step)
