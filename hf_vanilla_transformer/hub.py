@@ -39,6 +39,12 @@ CTRANSLATE2_USAGE = """The folder `{folder}/` holds the model exported to [CTran
 """
 
 
+# How the model card names each `position_embedding_type`.
+POSITIONS = {"sinusoidal": "sinusoidal positions (as in the paper)",
+             "learned": "learned positional embeddings (Table 3, row E)",
+             "rope": "rotary positions (RoPE) in self-attention", "alibi": "ALiBi self-attention biases"}
+
+
 def model_card_values(model) -> dict:
     """What the model card says of the architecture, read off the model."""
     config = model.config
@@ -51,6 +57,7 @@ def model_card_values(model) -> dict:
         "ffn_dim": config.encoder_ffn_dim,
         "heads": config.encoder_attention_heads,
         "norm_position": "pre-LN" if config.normalize_before else "post-LN (as in the paper)",
+        "positions": POSITIONS[config.position_embedding_type],
         "vocab_size": config.vocab_size,
         "parameters": f"{model.num_parameters() / 1e6:.1f}M",
     }

@@ -198,6 +198,13 @@ def test_model_card_metadata_parses_and_carries_the_score(hub_folder):
         hub.render_model_card({k: v for k, v in values.items() if k != "bleu"})
 
 
+def test_the_model_card_names_the_position_type(tmp_path, tokenizer):
+    for kind, words in (("sinusoidal", "sinusoidal positions"), ("rope", "rotary positions (RoPE)")):
+        model = VanillaTransformerForConditionalGeneration(tiny_config(position_embedding_type=kind))
+        text = (hub.save_for_hub(tmp_path / kind, model, tokenizer, RESULTS) / "README.md").read_text()
+        assert f"layer normalisation, {words}" in text
+
+
 def test_attention_plot_is_a_png_of_the_expected_size(tmp_path, model, tokenizer):
     path = plot_attention(model, tokenizer, SENTENCES[0], "A dog runs across the meadow.", tmp_path / "attention.png",
                           layers=[0, 1], heads=[0, 1])
