@@ -6,6 +6,10 @@ import subprocess
 import sys
 
 from conftest import ROOT
+from transformers import AutoTokenizer
+
+from training.checkpoints import checkpoint_dirs, read_state
+from training.data import load_translation_dataset
 
 TINY_RUN = ["--", "--config_name", "tiny", "--max_train_samples", "300", "--max_eval_samples", "40",
             "--vocab_size", "300", "--mixed_precision", "no"]
@@ -34,6 +38,13 @@ def test_the_runner_writes_table_results_and_figures_and_reuses_finished_variant
     assert row_cells["rope"][header.index("positions")] == "rope"
     assert row_cells["rope"][header.index("d_model")] == ""  # as in Table 3: only what differs from the base
     assert row_cells["B-dk16"][:2] == ["B", "B-dk16"] and row_cells["B-dk16"][header.index("d_k")] == "16"
+
+    # --length_split 12: only pairs whose source has at most 12 tokens were trained on.
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "base" / "tokenizer")
+    sources = [pair["de"] for pair in load_translation_dataset("de", "en")["train"]["translation"][:300]]
+    short = sum(len(ids) <= 12 for ids in tokenizer(sources)["input_ids"])
+    state = read_state(checkpoint_dirs(tmp_path / "base" / "checkpoints")[-1])
+    assert 0 < state["layout"]["train_pairs"] == short < 300
 
     buckets = rows[0]["bleu_by_source_length"]
     assert sum(count for _, count in buckets.values()) == 40  # every translated test sentence, in one bucket

@@ -1,6 +1,7 @@
 """Real training runs of a tiny model, as a user starts them: `python -m training.train` and `accelerate launch`."""
 
 import json
+import math
 import os
 import signal
 import socket
@@ -69,6 +70,13 @@ def test_a_short_run_learns_and_saves_a_hub_ready_model(tmp_path):
     folder = output / "model"
     results = json.loads((folder / "training_results.json").read_text())
     assert results["averaged_checkpoints"] == 3 and results["eval_split"] == "test"
+    # Table 3's perplexity: the averaged model's, without the label smoothing of the logged validation loss.
+    assert 1 < results["validation_perplexity"] < math.exp(eval_losses[-1])
+    assert set(results["phase_minutes"]) == {"data_and_setup", "training_steps", "checkpoints", "validation_loss",
+                                             "validation_bleu", "final_evaluation"}
+    assert sum(results["phase_minutes"].values()) >= results["train_minutes"] - 0.1  # rounding
+    translations = (output / "translations.txt").read_text().split("\n")
+    assert len(translations) == results["eval_sentences"] + 1 and translations[-1] == ""
     assert f"sacreBLEU {results['bleu']}" in (folder / "README.md").read_text()
     assert (folder / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     model = AutoModelForSeq2SeqLM.from_pretrained(folder).eval()

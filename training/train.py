@@ -15,7 +15,8 @@ import logging
 import math
 import shutil
 import time
-from contextlib import nullcontext
+from collections import defaultdict
+from contextlib import contextmanager, nullcontext
 from itertools import islice
 from pathlib import Path
 
@@ -237,6 +238,14 @@ def paper_optimizer(model, warmup_steps: int, learning_rate: float | None = None
     return optimizer, get_inverse_sqrt_schedule(optimizer, num_warmup_steps=warmup_steps, timescale=warmup_steps)
 
 
+@contextmanager
+def timed(phases: dict, name: str):
+    """Add the minutes the block takes to `phases[name]`."""
+    started = time.time()
+    yield
+    phases[name] += (time.time() - started) / 60
+
+
 def groups(iterable, size: int):
     """Consecutive lists of `size` items (the last may be shorter): the micro-batches of each step."""
     iterator = iter(iterable)
@@ -258,6 +267,7 @@ def main(argv=None) -> dict:
         logging.getLogger("training").setLevel(logging.INFO)
     logger.info("%s; %d process(es) on %s", accelerator.distributed_type, accelerator.num_processes, accelerator.device)
     started = time.time()
+    phases = defaultdict(float)  # minutes per phase of the job, logged and kept in training_results.json
     if args.export_ctranslate2:
         import_ctranslate2()  # now, not after training
     set_seed(args.seed, device_specific=True)
@@ -340,7 +350,8 @@ def main(argv=None) -> dict:
 
     def save(step):
         state = {"epoch": epoch, "batches_done": batches_done, "learning_rate": learning_rate, "layout": layout}
-        checkpoints.save_checkpoint(accelerator, checkpoint_root, step, state, args.keep_checkpoints)
+        with timed(phases, "checkpoints"):
+            checkpoints.save_checkpoint(accelerator, checkpoint_root, step, state, args.keep_checkpoints)
 
     bleu_pairs = raw["validation"]["translation"][: args.eval_bleu_samples] if has_validation else []
     sources, references = [p[args.source_lang] for p in bleu_pairs], [p[args.target_lang] for p in bleu_pairs]
@@ -348,16 +359,20 @@ def main(argv=None) -> dict:
     def evaluate(step):
         if not has_validation:
             return
-        metrics = {"eval_loss": validation_loss(model, data["validation"], collator, accelerator, args.max_tokens)}
+        with timed(phases, "validation_loss"):
+            metrics = {"eval_loss": validation_loss(model, data["validation"], collator, accelerator, args.max_tokens)}
         if sources:
-            unwrapped.eval()
-            hypotheses = translate_split(unwrapped, tokenizer, sources, accelerator, num_beams=1)
-            unwrapped.train()
-            metrics["eval_bleu"] = corpus_bleu(hypotheses, references, bleu_metric)["score"]
+            with timed(phases, "validation_bleu"):
+                unwrapped.eval()
+                hypotheses = translate_split(unwrapped, tokenizer, sources, accelerator, num_beams=1)
+                unwrapped.train()
+                metrics["eval_bleu"] = corpus_bleu(hypotheses, references, bleu_metric)["score"]
         accelerator.log(metrics, step=step)
         logger.info("step %d: %s", step, ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
 
     bleu_metric = load_bleu()
+    phases["data_and_setup"] = (time.time() - started) / 60
+    loop_started = time.time()
     model.train()
     progress = tqdm(total=max_steps, initial=step, disable=not accelerator.is_local_main_process, desc="training")
     window_tokens, window_seconds, window_loss = 0, 0.0, 0.0  # since the last log: tokens, seconds, summed loss
@@ -409,9 +424,12 @@ def main(argv=None) -> dict:
                 evaluate(step)
     progress.close()
     train_minutes = (time.time() - started) / 60
+    phases["training_steps"] = (time.time() - loop_started) / 60 - sum(
+        phases[name] for name in ("checkpoints", "validation_loss", "validation_bleu"))
     accelerator.wait_for_everyone()
 
     # §6.1: average the last checkpoints, translate the test set with beam search, and save the Hub-ready folder.
+    final_started = time.time()
     usable = checkpoints.usable_checkpoints(checkpoint_root)[: args.average_checkpoints]
     checkpoints.load_average(unwrapped, usable)
     unwrapped.eval()
@@ -437,6 +455,8 @@ def main(argv=None) -> dict:
         accelerator.log({f"{split}_bleu": bleu["score"]}, step=step)
         logger.info("%s BLEU %.2f (%s) with the average of %d checkpoints", split, bleu["score"], bleu["signature"],
                     len(usable))
+    phases["final_evaluation"] = (time.time() - final_started) / 60
+    results["phase_minutes"] = {name: round(minutes, 2) for name, minutes in phases.items()}
     if accelerator.is_main_process:
         folder = output / "model"
         dataset = args.dataset_name or ("multi30k" if not args.train_file else Path(args.train_file).stem)
@@ -462,7 +482,9 @@ def main(argv=None) -> dict:
         save_for_hub(folder, unwrapped, tokenizer, results, args.export_ctranslate2)
         for path in filter(None, figures.values()):
             shutil.copy(path, folder / path.name)
-        logger.info("Saved the Hub-ready model to %s (%.1f minutes in all)", folder, (time.time() - started) / 60)
+        phases["figures_and_saving"] = (time.time() - final_started) / 60 - phases["final_evaluation"]
+        logger.info("Saved the Hub-ready model to %s (%.1f minutes in all: %s)", folder, (time.time() - started) / 60,
+                    ", ".join(f"{name} {minutes:.2f}" for name, minutes in phases.items()))
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return results
