@@ -4,7 +4,8 @@
     python benchmarks/bench_vs_marian.py --preset base --device cuda        # a GPU, the paper's base size
 
 Both models get the same real Multi30k batches (bucketed by length, `--max_tokens` per batch, as in training)
-and the same loss (label-smoothed cross-entropy on their logits), and both use the same attention
+and the same loss, label-smoothed cross-entropy with ε = 0.1, each as its users compute it (this model's built-in
+loss; `F.cross_entropy` on Marian's logits, as HF's label smoother does), and both use the same attention
 implementation. Measured: training throughput (target tokens/s of forward, backward and Adam step), greedy and
 beam-4 generation (sentences/s; both forced to emit exactly `--new_tokens` tokens, so both do the same work),
 and peak memory (GPU: allocated; CPU: resident set). Each pass over the batches runs once untimed, then
@@ -86,11 +87,15 @@ def measure(kind: str, what: str, args: argparse.Namespace, data_dir: str) -> di
 
         def step(batch):
             batch = {k: v.to(device) for k, v in batch.items()}
+            inputs = {name: batch[name] for name in ("input_ids", "attention_mask", "decoder_input_ids")}
             with autocast:
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                               decoder_input_ids=batch["decoder_input_ids"]).logits
-            loss = F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=-100,
-                                   label_smoothing=0.1)
+                if kind == "ours":  # its own label-smoothed loss (§5.4), as training.train uses it
+                    loss = model(**inputs, labels=batch["labels"]).loss
+                else:  # Marian's loss has no label smoothing: ε = 0.1 on its logits, as HF's LabelSmoother adds it
+                    logits = model(**inputs).logits
+            if kind != "ours":
+                loss = F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=-100,
+                                       label_smoothing=0.1)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

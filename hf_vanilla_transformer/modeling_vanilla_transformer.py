@@ -63,6 +63,52 @@ def eager_attention_forward(
     return output.transpose(1, 2).contiguous(), weights  # (B, T, h, d_k)
 
 
+class LabelSmoothedCrossEntropy(torch.autograd.Function):
+    """§5.4, label smoothing of value ε_ls: the summed cross-entropy of the logits (N, V) against the targets
+    smoothed to (1 - ε) · one-hot + ε / V, rows labelled -100 left out; `F.cross_entropy(..., label_smoothing=ε,
+    reduction="sum")`. Per row, the loss is -(1 - ε) · log p_target - ε · mean(log p) and its gradient
+    softmax(x) - (1 - ε) · one-hot - ε / V. Only the logits and each row's log-sum-exp are kept for the backward
+    pass; on a CPU both passes go through the logits in blocks of rows small enough to stay in cache, which makes
+    the loss several times faster there than one pass after another over the whole (N, V) matrix."""
+
+    CPU_BLOCK_ELEMENTS = 2**19  # 2 MiB of float32 logits per block on a CPU; a GPU takes all rows at once
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor, epsilon: float) -> torch.Tensor:
+        wide = torch.promote_types(logits.dtype, torch.float32)  # half-precision logits are summed in float32
+        rows = max(64, LabelSmoothedCrossEntropy.CPU_BLOCK_ELEMENTS // logits.shape[-1])
+        rows = rows if logits.device.type == "cpu" else logits.shape[0]
+        total, log_normalizers = logits.new_zeros((), dtype=wide), []
+        for block, block_labels in zip(logits.split(rows), labels.split(rows)):
+            targets = block_labels.clamp(min=0)[:, None]
+            log_probs = torch.log_softmax(block, dim=-1, dtype=wide)
+            target_log_probs = log_probs.gather(-1, targets).squeeze(-1)
+            losses = -(1.0 - epsilon) * target_log_probs
+            if epsilon:
+                losses -= epsilon * log_probs.mean(-1)
+            total += losses[block_labels != -100].sum()
+            log_normalizers.append(block.gather(-1, targets).squeeze(-1).to(wide) - target_log_probs)  # logsumexp(x)
+        ctx.save_for_backward(logits, labels, torch.cat(log_normalizers))
+        ctx.epsilon, ctx.rows = epsilon, rows
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        logits, labels, log_normalizers = ctx.saved_tensors
+        grad_logits = torch.empty_like(logits)
+        for start in range(0, logits.shape[0], ctx.rows):
+            rows = slice(start, start + ctx.rows)
+            grad = torch.exp(logits[rows].to(log_normalizers.dtype) - log_normalizers[rows, None])  # softmax(x)
+            if ctx.epsilon:
+                grad -= ctx.epsilon / logits.shape[-1]
+            targets = labels[rows].clamp(min=0)[:, None]
+            grad.scatter_add_(-1, targets, torch.full(targets.shape, ctx.epsilon - 1.0, dtype=grad.dtype,
+                                                      device=grad.device))
+            grad *= ((labels[rows] != -100) * grad_output)[:, None]
+            grad_logits[rows] = grad
+        return grad_logits, None, None
+
+
 class SinusoidalPositionalEncoding(nn.Module):
     """§3.5: PE(pos, 2i) = sin(pos / 10000^(2i/d_model)), PE(pos, 2i+1) = cos(pos / 10000^(2i/d_model))."""
 
@@ -120,10 +166,12 @@ class ALiBi(nn.Module):
         self.num_heads = num_heads
         self.is_causal = is_causal
 
-    def forward(self, attention_mask: torch.Tensor | None, positions: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    def forward(self, attention_mask: torch.Tensor | None, positions: torch.Tensor, past_length: int,
+                dtype: torch.dtype) -> torch.Tensor:
         """The additive mask (1 or B, h, T, S) of the biases and of `attention_mask` (None, a boolean mask, True
-        where a key is visible, or an additive one) for queries at `positions` and keys at 0 .. positions[-1]."""
-        keys = torch.arange(int(positions[-1]) + 1, device=positions.device)
+        where a key is visible, or an additive one) for the T queries at `positions`, which follow `past_length`
+        cached ones, and the S = past_length + T keys."""
+        keys = torch.arange(past_length + positions.shape[0], device=positions.device)
         distances = (keys[None, :] - positions[:, None]).abs()  # (T, S)
         bias = -alibi_slopes(self.num_heads).to(positions.device)[:, None, None] * distances  # (h, T, S)
         bias = bias[None].to(dtype)
@@ -378,14 +426,14 @@ class VanillaTransformerStack(VanillaTransformerPreTrainedModel):
             hidden_states = hidden_states + self.embed_positions(positions).to(inputs_embeds.dtype)
         return self.dropout(hidden_states)
 
-    def self_attention_positions(self, attention_mask, positions: torch.Tensor, dtype: torch.dtype):
+    def self_attention_positions(self, attention_mask, positions: torch.Tensor, past_length: int, dtype: torch.dtype):
         """Self-attention's mask, with ALiBi's biases when it has them, and RoPE's rotation (or None)."""
         if self.alibi is not None:
             if self.config._attn_implementation not in ("eager", "sdpa"):
                 raise ValueError(f"position_embedding_type='alibi' adds biases to the attention scores, which the "
                                  f"eager and sdpa attention take; attn_implementation="
                                  f"{self.config._attn_implementation!r} does not")
-            attention_mask = self.alibi(attention_mask, positions, dtype)
+            attention_mask = self.alibi(attention_mask, positions, past_length, dtype)
         return attention_mask, self.rotary(positions) if self.rotary is not None else None
 
 
@@ -415,7 +463,7 @@ class VanillaTransformerEncoder(VanillaTransformerStack):
         attention_mask = create_bidirectional_mask(
             config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask
         )
-        attention_mask, position_embeddings = self.self_attention_positions(attention_mask, positions,
+        attention_mask, position_embeddings = self.self_attention_positions(attention_mask, positions, 0,
                                                                             hidden_states.dtype)
         for layer in self.layers:
             hidden_states = layer(hidden_states, attention_mask, position_embeddings, **kwargs)
@@ -478,7 +526,7 @@ class VanillaTransformerDecoder(VanillaTransformerStack):
             encoder_hidden_states=encoder_hidden_states,
         )
         self_attention_mask, position_embeddings = self.self_attention_positions(self_attention_mask, positions,
-                                                                                 hidden_states.dtype)
+                                                                                 past_length, hidden_states.dtype)
         for layer in self.layers:
             hidden_states = layer(
                 hidden_states,
@@ -629,15 +677,9 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
 
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(  # §5.4: label smoothing of value ε_ls
-                logits.float().flatten(0, 1),
-                labels.to(logits.device).flatten(),
-                ignore_index=-100,
-                label_smoothing=self.config.label_smoothing,
-                reduction="mean" if num_items_in_batch is None else "sum",
-            )
-            if num_items_in_batch is not None:
-                loss = loss / num_items_in_batch
+            labels = labels.to(logits.device).flatten()
+            loss = LabelSmoothedCrossEntropy.apply(logits.flatten(0, 1), labels, self.config.label_smoothing)
+            loss = loss / (num_items_in_batch if num_items_in_batch is not None else (labels != -100).sum())
         return Seq2SeqLMOutput(
             loss=loss,
             logits=logits,

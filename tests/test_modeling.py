@@ -9,7 +9,11 @@ from transformers import AutoModel, AutoModelForSeq2SeqLM, EncoderDecoderCache
 from transformers.modeling_outputs import Seq2SeqLMOutput
 
 from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration, VanillaTransformerModel
-from hf_vanilla_transformer.modeling_vanilla_transformer import SinusoidalPositionalEncoding, shift_tokens_right
+from hf_vanilla_transformer.modeling_vanilla_transformer import (
+    LabelSmoothedCrossEntropy,
+    SinusoidalPositionalEncoding,
+    shift_tokens_right,
+)
 
 
 def batch(seed=0, batch_size=3, source_length=9, target_length=7, vocab=600):
@@ -164,6 +168,29 @@ def test_label_smoothed_loss_matches_a_hand_computation(model):
     assert output.loss.item() == pytest.approx(expected.item(), rel=1e-5)
     summed = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, num_items_in_batch=4).loss
     assert summed.item() == pytest.approx(torch.stack(losses).sum().item() / 4, rel=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("epsilon", [0.0, 0.1])
+def test_the_blockwise_loss_equals_torch_cross_entropy_and_its_gradient(monkeypatch, dtype, epsilon):
+    """The loss goes through the logits in blocks of rows (here 64, so 150 rows make three blocks); loss and
+    gradient equal `F.cross_entropy` with label smoothing, rows labelled -100 left out."""
+    monkeypatch.setattr(LabelSmoothedCrossEntropy, "CPU_BLOCK_ELEMENTS", 1)
+    generator = torch.Generator().manual_seed(0)
+    logits = (3 * torch.randn(150, 37, generator=generator)).to(dtype).requires_grad_()
+    labels = torch.randint(0, 37, (150,), generator=generator)
+    labels[::7] = -100
+    expected = F.cross_entropy(logits.float(), labels, ignore_index=-100, label_smoothing=epsilon, reduction="sum")
+    (expected_grad,) = torch.autograd.grad(expected, logits)
+    actual = LabelSmoothedCrossEntropy.apply(logits, labels, epsilon)
+    (actual_grad,) = torch.autograd.grad(actual, logits)
+    assert actual.dtype == torch.float32 and actual_grad.dtype == dtype
+    torch.testing.assert_close(actual, expected, rtol=1e-6, atol=1e-4)
+    torch.testing.assert_close(actual_grad, expected_grad)
+    wide = torch.randn(150, 5, dtype=torch.float64, generator=generator, requires_grad=True)
+    five_classes = labels.where(labels == -100, labels % 5)
+    assert torch.autograd.gradcheck(lambda x: LabelSmoothedCrossEntropy.apply(x, five_classes, epsilon), (wide,),
+                                    fast_mode=True)
 
 
 def test_labels_give_decoder_inputs_shifted_right(model):
