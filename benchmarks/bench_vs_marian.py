@@ -8,9 +8,10 @@ and the same loss, label-smoothed cross-entropy with ε = 0.1, each as its users
 loss; `F.cross_entropy` on Marian's logits, as HF's label smoother does), and both use the same attention
 implementation. Measured: training throughput (target tokens/s of forward, backward and Adam step), greedy and
 beam-4 generation (sentences/s; both forced to emit exactly `--new_tokens` tokens, so both do the same work),
-and peak memory (GPU: allocated; CPU: resident set). Each pass over the batches runs once untimed, then
-`--repeats` times timed, and the median counts; each measurement runs in a fresh process so that its peak memory
-is its own. Prints a table with the ratios ours/Marian and writes it as JSON.
+peak memory (GPU: allocated; CPU: resident set), and training MFU: 6 · parameters · target tokens/s over the
+FLOP/s of a large matrix product in the same dtype, measured in the same run. Each pass over the batches runs once
+untimed, then `--repeats` times timed, and the median counts; each measurement runs in a fresh process so that its
+peak memory is its own. Prints a table with the ratios ours/Marian and writes it as JSON.
 
 Marian counts its frozen sinusoid tables (2 × max positions × d_model) among its parameters; the trainable
 weights of the two models are the same in number.
@@ -123,6 +124,25 @@ def measure(kind: str, what: str, args: argparse.Namespace, data_dir: str) -> di
     return result
 
 
+def gemm_peak(args) -> float:
+    """FLOP/s of the best of 5 square matrix products in the benchmark's dtype: the peak that MFU is measured
+    against, taken in the same run (2048² on a CPU, 8192² on a GPU)."""
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    size = 2048 if device.type == "cpu" else 8192
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
+    synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    best = float("inf")
+    for _ in range(6):  # the first is a warm-up
+        synchronize()
+        started = time.perf_counter()
+        a @ b
+        synchronize()
+        best = min(best, time.perf_counter() - started)
+    return 2 * size**3 / best
+
+
 def prepare_batches(args, data_dir: Path) -> None:
     from transformers import DataCollatorForSeq2Seq
 
@@ -173,6 +193,13 @@ def main(argv=None) -> dict:
             for kind in ("ours", "marian"):
                 with context.Pool(1) as pool:
                     results[kind][what] = pool.apply(measure, (kind, what, args, data_dir))
+        with context.Pool(1) as pool:
+            peak = pool.apply(gemm_peak, (args,))
+    # MFU: 6 · parameters · target tokens per second over the measured peak (both models train the same weights;
+    # Marian's count also holds its frozen sinusoid tables, so ours is used for both).
+    for kind in ("ours", "marian"):
+        flops = 6 * results["ours"]["train"]["parameters"] * results[kind]["train"]["target_tokens_per_second"]
+        results[kind]["train"]["mfu"] = flops / peak
 
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{platform.processor() or 'CPU'} ({args.threads} threads)"
     print(f"\n{args.preset} preset, {results['ours']['train']['parameters']:,} parameters (Marian "
@@ -182,13 +209,15 @@ def main(argv=None) -> dict:
             ("greedy", "sentences_per_second", "greedy sentences/s"),
             ("beam4", "sentences_per_second", "beam-4 sentences/s")]
     rows += [(what, "peak_memory_mib", f"{what} peak memory MiB") for what in MEASUREMENTS]
+    rows.append(("train", "mfu", f"training MFU (peak {peak / 1e9:,.0f} GFLOP/s)"))
     table = []
     for what, key, label in rows:
         ours, marian = results["ours"][what][key], results["marian"][what][key]
         table.append({"measurement": label, "ours": ours, "marian": marian, "ratio": ours / marian})
-        print(f"{label:<34}{ours:>12.1f}{marian:>12.1f}{ours / marian:>13.2f}")
+        print(f"{label:<34}{ours:>12.{3 if key == 'mfu' else 1}f}{marian:>12.{3 if key == 'mfu' else 1}f}"
+              f"{ours / marian:>13.2f}")
     report = {"preset": args.preset, "device": device, "dtype": args.dtype, "attention": args.attn,
-              "max_tokens": args.max_tokens, "results": results, "table": table}
+              "max_tokens": args.max_tokens, "gemm_peak_flops": peak, "results": results, "table": table}
     if args.output:
         Path(args.output).write_text(json.dumps(report, indent=2))
     return report
