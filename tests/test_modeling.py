@@ -61,10 +61,12 @@ def test_embeddings_are_shared_tied_and_scaled(model):
     torch.testing.assert_close(from_embeds, from_ids)
 
 
-@pytest.mark.parametrize("normalize_before", [False, True])
-def test_incremental_decoding_with_cache_equals_full_forward(normalize_before):
+@pytest.mark.parametrize("overrides", [{}, {"normalize_before": True}, *(
+    {"position_embedding_type": kind} for kind in ("learned", "rope", "alibi"))], ids=lambda o: str(o) or "paper")
+def test_incremental_decoding_with_cache_equals_full_forward(overrides):
+    """Step by step with the cache == one full forward; every position type continues from the cache's length."""
     torch.manual_seed(0)
-    model = VanillaTransformerForConditionalGeneration(tiny_config(normalize_before=normalize_before)).eval()
+    model = VanillaTransformerForConditionalGeneration(tiny_config(**overrides)).eval()
     input_ids, attention_mask, decoder_input_ids = batch()
     with torch.no_grad():
         full = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids).logits

@@ -1,8 +1,9 @@
 """`position_embedding_type`: the paper's sinusoids (§3.5), learned positions (Table 3, row E), RoPE and ALiBi.
 
-Every type: the cache continues positions (step by step == full forward), padding changes nothing, eager == SDPA,
-generate agrees with and without the cache, save -> load is bit-exact, and a saved folder runs as remote code.
-RoPE's rotation and ALiBi's slopes and biases are checked against hand computations.
+Every type: padding changes nothing, eager == SDPA, generate agrees with and without the cache, save -> load is
+bit-exact, and a saved folder runs as remote code.
+RoPE's rotation and ALiBi's slopes and biases are checked against hand computations. That the cache continues
+positions (step by step == full forward) is tested for every type in test_modeling.py.
 """
 
 import math
@@ -52,21 +53,6 @@ def test_only_the_additive_types_add_to_the_embeddings():
         encoder = model.model.encoder
         assert torch.equal(encoder.embed(encoder.embed_tokens(ids), torch.arange(3)),
                            encoder.embed_tokens(ids) * math.sqrt(32))
-
-
-@pytest.mark.parametrize("kind", TYPES)
-def test_incremental_decoding_continues_positions_from_the_cache(kind):
-    model = make_model(kind)
-    input_ids, attention_mask, decoder_input_ids = batch()
-    full = forward(model, input_ids, attention_mask, decoder_input_ids).logits
-    with torch.no_grad():
-        encoder_outputs = model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask)
-        cache = None
-        for t in range(decoder_input_ids.shape[1]):
-            step = model(encoder_outputs=encoder_outputs, attention_mask=attention_mask,
-                         decoder_input_ids=decoder_input_ids[:, t : t + 1], past_key_values=cache, use_cache=True)
-            cache = step.past_key_values
-            assert (step.logits[:, 0] - full[:, t]).abs().max().item() <= 1e-5, f"step {t}"
 
 
 @pytest.mark.parametrize("kind", TYPES)
