@@ -210,7 +210,9 @@ def validation_loss(model, dataset, collator, accelerator, max_tokens: int) -> f
     for batch in DataLoader(dataset.remove_columns("length"), batch_sampler=sampler, collate_fn=collator):
         batch = batch.to(accelerator.device)
         tokens = (batch["labels"] != -100).sum()
-        total += torch.stack([model(**batch, num_items_in_batch=1).loss, tokens.float()])
+        with accelerator.autocast():
+            loss = model(**batch, num_items_in_batch=1).loss
+        total += torch.stack([loss, tokens.float()])
     model.train()
     loss_sum, tokens = accelerator.reduce(total, "sum").tolist()
     return loss_sum / tokens
@@ -218,8 +220,9 @@ def validation_loss(model, dataset, collator, accelerator, max_tokens: int) -> f
 
 def translate_split(model, tokenizer, sources, accelerator, batch_size=64, **generate_kwargs) -> list[str]:
     """Translations of `sources`, the processes sharing the work; every process gets all of them, in order."""
-    mine = translate(model, tokenizer, sources[accelerator.process_index :: accelerator.num_processes], batch_size,
-                     **generate_kwargs)
+    with accelerator.autocast():
+        mine = translate(model, tokenizer, sources[accelerator.process_index :: accelerator.num_processes],
+                         batch_size, **generate_kwargs)
     gathered = gather_object([mine])
     return [gathered[i % len(gathered)][i // len(gathered)] for i in range(len(sources))]
 
@@ -329,7 +332,10 @@ def main(argv=None) -> dict:
     optimizer, scheduler = paper_optimizer(model, args.warmup_steps, args.learning_rate)
     learning_rate, paper_peak = optimizer.defaults["lr"], paper_learning_rate(model.config.d_model, args.warmup_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    unwrapped = accelerator.unwrap_model(model)
+    # Mixed precision through `accelerator.autocast()` around each forward, without the wrapper that also copies
+    # every output to float32: the loss is computed inside the model, and the float32 copy of the whole batch's
+    # logits that nothing reads made a CPU training step of the main job about 12 % slower.
+    unwrapped = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
 
     # What the position within an epoch depends on: a checkpoint resumes only under the same.
     layout = {"num_processes": accelerator.num_processes, "gradient_accumulation_steps": args.gradient_accumulation_steps,
@@ -388,7 +394,8 @@ def main(argv=None) -> dict:
             for i, batch in enumerate(micro_batches):
                 last = i == len(micro_batches) - 1
                 with nullcontext() if last else accelerator.no_sync(model):
-                    loss = model(**batch, num_items_in_batch=normalizer).loss
+                    with accelerator.autocast():
+                        loss = model(**batch, num_items_in_batch=normalizer).loss
                     accelerator.backward(loss)
                 step_loss += loss.detach()
             if args.max_grad_norm > 0:
