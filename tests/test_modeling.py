@@ -10,6 +10,7 @@ from transformers.modeling_outputs import Seq2SeqLMOutput
 
 from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration, VanillaTransformerModel
 from hf_vanilla_transformer.modeling_vanilla_transformer import (
+    Dropout,
     LabelSmoothedCrossEntropy,
     SinusoidalPositionalEncoding,
     shift_tokens_right,
@@ -155,6 +156,24 @@ def test_dropout_only_in_training_mode(model):
         model.train()
         assert not torch.equal(model(**kwargs).logits, model(**kwargs).logits)
 
+
+
+@pytest.mark.parametrize("p", [0.1, 0.3])
+def test_cpu_dropout_draws_the_paper_distribution(p):
+    """The CPU mask (uniform noise ≥ P_drop) zeroes a P_drop share of the elements, scales the rest by 1 / (1 - P_drop)
+    in the forward and backward passes, and is the identity in evaluation."""
+    dropout = Dropout(p)
+    x = torch.full((1000, 1000), 2.0, requires_grad=True)
+    y = dropout(x)
+    kept = y != 0
+    assert abs(1 - kept.float().mean().item() - p) < 3e-3  # 1M draws: the standard deviation is below 5e-4
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 2.0 / (1 - p)))
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, kept / (1 - p))
+    assert not torch.equal(kept, dropout(x) != 0)  # a fresh mask per call
+    assert dropout.eval()(x) is x
+    bf16 = Dropout(p)(torch.ones(1000, 1000, dtype=torch.bfloat16))
+    assert bf16.dtype == torch.bfloat16 and abs(1 - (bf16 != 0).float().mean().item() - p) < 3e-3
 
 def test_label_smoothed_loss_matches_a_hand_computation(model):
     input_ids, attention_mask, _ = batch()
