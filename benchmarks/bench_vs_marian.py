@@ -2,6 +2,7 @@
 
     python benchmarks/bench_vs_marian.py                                    # CPU, the main job's `small` size
     python benchmarks/bench_vs_marian.py --preset base --device cuda        # a GPU, the paper's base size
+    python benchmarks/bench_vs_marian.py --dtype fp32 --d_model 256         # fp32, the small preset widened
 
 Both models get the same real Multi30k batches (bucketed by length, `--max_tokens` per batch, as in training)
 and the same loss, label-smoothed cross-entropy with ε = 0.1, each as its users compute it (this model's built-in
@@ -9,7 +10,11 @@ loss; `F.cross_entropy` on Marian's logits, as HF's label smoother does), and bo
 implementation. Measured: training throughput (target tokens/s of forward, backward and Adam step), greedy and
 beam-4 generation (sentences/s; both forced to emit exactly `--new_tokens` tokens, so both do the same work),
 peak memory (GPU: allocated; CPU: resident set), and training MFU: 6 · parameters · target tokens/s over the
-FLOP/s of a large matrix product in the same dtype, measured in the same run. Each pass over the batches runs once
+FLOP/s of a large matrix product in the same dtype, measured in the same run. With `--profile`, one more pass of
+each measurement runs under `torch.profiler`, and its time is split into phases by operator: matrix products
+(GEMM), attention (its batched products and softmax), softmax/loss (log-softmax, cross-entropy), dropout (the
+mask draw), and for generation the machinery around the model (`generate`'s own work: the time outside the
+model's forward calls). Each pass over the batches runs once
 untimed, then `--repeats` times timed, and the median counts; each measurement runs in a fresh process so that its
 peak memory is its own. Prints a table with the ratios ours/Marian and writes it as JSON.
 
@@ -34,14 +39,23 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 MEASUREMENTS = ("train", "greedy", "beam4")
+PHASES = {  # a phase: the operators it names, and those run inside them (an autograd function, its backward)
+    "softmax/loss": ("LabelSmoothedCrossEntropy", "cross_entropy", "log_softmax", "LogSoftmaxBackward", "nll_loss",
+                     "NllLoss"),
+    "dropout": ("dropout", "bernoulli", "rand_like", "uniform_"),
+    "attention": ("aten::bmm", "aten::baddbmm", "aten::_softmax", "softmax_backward", "scaled_dot_product",
+                  "attention_backward"),
+    "GEMM": ("aten::mm", "aten::addmm", "aten::addmv"),
+}
 
 
-def build(kind: str, preset: str, vocab_size: int, attn: str):
+def build(kind: str, preset: str, vocab_size: int, attn: str, d_model: int | None = None):
     from transformers import MarianConfig, MarianMTModel
 
     from hf_vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
 
-    ours = getattr(VanillaTransformerConfig, preset)(vocab_size=vocab_size, attn_implementation=attn)
+    width = {"d_model": d_model, "encoder_ffn_dim": 4 * d_model, "decoder_ffn_dim": 4 * d_model} if d_model else {}
+    ours = getattr(VanillaTransformerConfig, preset)(vocab_size=vocab_size, attn_implementation=attn, **width)
     if kind == "ours":
         return VanillaTransformerForConditionalGeneration(ours)
     marian = MarianConfig(
@@ -75,7 +89,7 @@ def measure(kind: str, what: str, args: argparse.Namespace, data_dir: str) -> di
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     batches = torch.load(Path(data_dir) / "batches.pt")
-    model = build(kind, args.preset, args.vocab_size, args.attn).to(device)
+    model = build(kind, args.preset, args.vocab_size, args.attn, args.d_model).to(device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -102,7 +116,8 @@ def measure(kind: str, what: str, args: argparse.Namespace, data_dir: str) -> di
             optimizer.zero_grad(set_to_none=True)
             return int((batch["labels"] != -100).sum())
 
-        result = {"target_tokens_per_second": timed(lambda: sum(step(batch) for batch in batches), args, synchronize)}
+        run_pass = lambda: sum(step(batch) for batch in batches)  # noqa: E731
+        result = {"target_tokens_per_second": timed(run_pass, args, synchronize)}
     else:
         model.eval()
         beams = 1 if what == "greedy" else 4
@@ -115,13 +130,61 @@ def measure(kind: str, what: str, args: argparse.Namespace, data_dir: str) -> di
                                do_sample=False, **({"length_penalty": 0.6} if beams > 1 else {}))
             return batch["input_ids"].shape[0]
 
-        result = {"sentences_per_second": timed(lambda: sum(generate(batch) for batch in sources), args, synchronize)}
+        run_pass = lambda: sum(generate(batch) for batch in sources)  # noqa: E731
+        result = {"sentences_per_second": timed(run_pass, args, synchronize)}
+    if args.profile:
+        result["profile_ms"] = profile(run_pass, model, device, synchronize)
     if device.type == "cuda":
         result["peak_memory_mib"] = torch.cuda.max_memory_allocated() / 2**20
     else:
         result["peak_memory_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
     result["parameters"] = model.num_parameters()
     return result
+
+
+def profile(run_pass, model, device: torch.device, synchronize) -> dict:
+    """Milliseconds of one pass per phase, which add up to the pass's wall time: the operators of each of `PHASES`
+    (self time under `torch.profiler`; GPU kernel time on a GPU); while generating, "generation machinery", the time
+    outside the model's forward calls (`generate`'s own work: search, logits processors, cache reordering), and
+    "other", the rest (normalisation, residual adds, casts, the optimizer, Python)."""
+    from torch.profiler import ProfilerActivity, record_function
+    from torch.profiler import profile as torch_profile
+
+    forwards, in_forward = [], [0.0]
+
+    def enter(*_):
+        forwards.append((record_function("model forward").__enter__(), time.perf_counter()))
+
+    def leave(*_):
+        scope, started = forwards.pop()
+        scope.__exit__(None, None, None)
+        in_forward[0] += time.perf_counter() - started
+
+    hooks = [model.register_forward_pre_hook(enter), model.register_forward_hook(leave)]
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch_profile(activities=activities) as profiler:
+        synchronize()
+        wall = time.perf_counter()
+        run_pass()
+        synchronize()
+        wall = time.perf_counter() - wall
+    for hook in hooks:
+        hook.remove()
+    generating = not model.training
+    attribute = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    phases = dict.fromkeys(PHASES, 0.0)
+    for event in profiler.events():
+        names, parent = [], event
+        while parent is not None:
+            names.append(parent.name)
+            parent = parent.cpu_parent
+        phase = next((phase for phase, keys in PHASES.items() if any(k in n for n in names for k in keys)), None)
+        if phase is not None and (not generating or "model forward" in names):
+            phases[phase] += getattr(event, attribute) / 1e3
+    if generating:
+        phases["generation machinery"] = (wall - in_forward[0]) * 1e3
+    phases["other"] = wall * 1e3 - sum(phases.values())
+    return phases
 
 
 def gemm_peak(args) -> float:
@@ -171,6 +234,7 @@ def prepare_batches(args, data_dir: Path) -> None:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="small", choices=["tiny", "small", "base", "big"])
+    parser.add_argument("--d_model", type=int, default=None, help="widen or narrow the preset (d_ff = 4 d_model)")
     parser.add_argument("--vocab_size", type=int, default=6000)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
@@ -181,6 +245,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--generate_batches", type=int, default=4)
     parser.add_argument("--new_tokens", type=int, default=24)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--profile", action="store_true", help="split one more pass of each measurement into phases")
     parser.add_argument("--output", default=None, help="JSON file for the results")
     args = parser.parse_args(argv)
     args.attn = args.attn or ("eager" if args.device == "cpu" else "sdpa")
@@ -202,7 +267,8 @@ def main(argv=None) -> dict:
         results[kind]["train"]["mfu"] = flops / peak
 
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{platform.processor() or 'CPU'} ({args.threads} threads)"
-    print(f"\n{args.preset} preset, {results['ours']['train']['parameters']:,} parameters (Marian "
+    size = f"{args.preset} preset" + (f" at d_model {args.d_model}" if args.d_model else "")
+    print(f"\n{size}, {results['ours']['train']['parameters']:,} parameters (Marian "
           f"{results['marian']['train']['parameters']:,}), {args.dtype}, attention {args.attn}, on {device}\n")
     print(f"{'measurement':<34}{'ours':>12}{'Marian':>12}{'ours/Marian':>13}")
     rows = [("train", "target_tokens_per_second", "training target tokens/s"),
@@ -216,7 +282,14 @@ def main(argv=None) -> dict:
         table.append({"measurement": label, "ours": ours, "marian": marian, "ratio": ours / marian})
         print(f"{label:<34}{ours:>12.{3 if key == 'mfu' else 1}f}{marian:>12.{3 if key == 'mfu' else 1}f}"
               f"{ours / marian:>13.2f}")
-    report = {"preset": args.preset, "device": device, "dtype": args.dtype, "attention": args.attn,
+    if args.profile:
+        print(f"\n{'profile of one pass, ms (share)':<34}{'ours':>16}{'Marian':>16}")
+        for what in MEASUREMENTS:
+            ours, marian = results["ours"][what]["profile_ms"], results["marian"][what]["profile_ms"]
+            for phase in ours:
+                print(f"{what + ' ' + phase:<34}" + "".join(
+                    f"{p[phase]:>9.0f} ({100 * p[phase] / sum(p.values()):>2.0f}%)" for p in (ours, marian)))
+    report = {"preset": args.preset, "d_model": args.d_model, "device": device, "dtype": args.dtype, "attention": args.attn,
               "max_tokens": args.max_tokens, "gemm_peak_flops": peak, "results": results, "table": table}
     if args.output:
         Path(args.output).write_text(json.dumps(report, indent=2))
