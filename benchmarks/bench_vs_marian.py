@@ -145,8 +145,8 @@ def measure(kind: str, what: str, args: argparse.Namespace, data_dir: str) -> di
 def profile(run_pass, model, device: torch.device, synchronize) -> dict:
     """Milliseconds of one pass per phase, which add up to the pass's wall time: the operators of each of `PHASES`
     (self time under `torch.profiler`; GPU kernel time on a GPU); while generating, "generation machinery", the time
-    outside the model's forward calls (`generate`'s own work: search, logits processors, cache reordering), and
-    "other", the rest (normalisation, residual adds, casts, the optimizer, Python)."""
+    outside the model's and its encoder's forward calls (`generate`'s own work: search, logits processors, cache
+    reordering), and "other", the rest (normalisation, residual adds, casts, the optimizer, Python)."""
     from torch.profiler import ProfilerActivity, record_function
     from torch.profiler import profile as torch_profile
 
@@ -158,9 +158,11 @@ def profile(run_pass, model, device: torch.device, synchronize) -> dict:
     def leave(*_):
         scope, started = forwards.pop()
         scope.__exit__(None, None, None)
-        in_forward[0] += time.perf_counter() - started
+        if not forwards:  # the outermost call: the encoder runs inside the model's forward when training
+            in_forward[0] += time.perf_counter() - started
 
-    hooks = [model.register_forward_pre_hook(enter), model.register_forward_hook(leave)]
+    hooks = [hook for module in (model, model.get_encoder())  # `generate` runs the encoder on its own
+             for hook in (module.register_forward_pre_hook(enter), module.register_forward_hook(leave))]
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with torch_profile(activities=activities) as profiler:
         synchronize()

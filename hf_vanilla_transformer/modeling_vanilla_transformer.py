@@ -737,6 +737,8 @@ class SourceLengthLimit(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         caps = self.max_new_tokens.to(scores.device).repeat_interleave(scores.shape[0] // len(self.max_new_tokens))
         at_limit = input_ids.shape[1] - self.start_length >= caps - 1  # (rows,): the next token is the last allowed
+        if not at_limit.any():  # nearly every step: no pass over the (rows, vocabulary) scores
+            return scores
         eos = scores[:, self.eos_token_id]
         eos = torch.where(eos.isfinite(), eos, torch.zeros_like(eos))
         forced = torch.full_like(scores, float("-inf"))
