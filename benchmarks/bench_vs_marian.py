@@ -16,7 +16,9 @@ each measurement runs under `torch.profiler`, and its time is split into phases 
 mask draw), and for generation the machinery around the model (`generate`'s own work: the time outside the
 model's forward calls). Each pass over the batches runs once
 untimed, then `--repeats` times timed, and the median counts; each measurement runs in a fresh process so that its
-peak memory is its own. Prints a table with the ratios ours/Marian and writes it as JSON.
+peak memory is its own, `--rounds` times per model in alternating order (ours, Marian, Marian, ours, ...), and
+the median over the rounds is reported (a CPU VM's speed drifts by ±15 % over minutes). Prints a table with the
+ratios ours/Marian and writes it as JSON.
 
 Marian counts its frozen sinusoid tables (2 × max positions × d_model) among its parameters; the trainable
 weights of the two models are the same in number.
@@ -132,13 +134,13 @@ def measure(kind: str, what: str, args: argparse.Namespace, data_dir: str) -> di
 
         run_pass = lambda: sum(generate(batch) for batch in sources)  # noqa: E731
         result = {"sentences_per_second": timed(run_pass, args, synchronize)}
-    if args.profile:
-        result["profile_ms"] = profile(run_pass, model, device, synchronize)
     if device.type == "cuda":
         result["peak_memory_mib"] = torch.cuda.max_memory_allocated() / 2**20
     else:
         result["peak_memory_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
     result["parameters"] = model.num_parameters()
+    if args.profile:  # after the peak memory is read: the profiler's records take memory of their own
+        result["profile_ms"] = profile(run_pass, model, device, synchronize)
     return result
 
 
@@ -243,7 +245,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--attn", default=None, help="default: eager on CPU, sdpa on GPU (the training defaults)")
     parser.add_argument("--max_tokens", type=int, default=2048)
     parser.add_argument("--steps", type=int, default=30, help="training batches")
-    parser.add_argument("--repeats", type=int, default=3, help="timed passes; the median is reported")
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes per process")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="fresh processes per model and measurement, in alternating order; the median counts")
     parser.add_argument("--generate_batches", type=int, default=4)
     parser.add_argument("--new_tokens", type=int, default=24)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -257,9 +261,15 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as data_dir:
         prepare_batches(args, Path(data_dir))
         for what in MEASUREMENTS:
-            for kind in ("ours", "marian"):
-                with context.Pool(1) as pool:
-                    results[kind][what] = pool.apply(measure, (kind, what, args, data_dir))
+            rounds = {"ours": [], "marian": []}
+            for round_ in range(args.rounds):  # ours, Marian, Marian, ours, ...: a slow spell hits both alike
+                for kind in ("ours", "marian") if round_ % 2 == 0 else ("marian", "ours"):
+                    with context.Pool(1) as pool:  # the profile once, in the first round
+                        rounds[kind].append(pool.apply(measure, (kind, what, argparse.Namespace(
+                            **{**vars(args), "profile": args.profile and round_ == 0}), data_dir)))
+            for kind, runs in rounds.items():
+                results[kind][what] = {**runs[0], **{key: statistics.median(run[key] for run in runs)
+                                                     for key in runs[0] if key != "profile_ms"}}
         with context.Pool(1) as pool:
             peak = pool.apply(gemm_peak, (args,))
     # MFU: 6 · parameters · target tokens per second over the measured peak (both models train the same weights;
