@@ -269,7 +269,7 @@ def main(argv=None) -> dict:
                             **{**vars(args), "profile": args.profile and round_ == 0}), data_dir)))
             for kind, runs in rounds.items():
                 results[kind][what] = {**runs[0], **{key: statistics.median(run[key] for run in runs)
-                                                     for key in runs[0] if key != "profile_ms"}}
+                                                     for key in runs[0] if key not in ("profile_ms", "parameters")}}
         with context.Pool(1) as pool:
             peak = pool.apply(gemm_peak, (args,))
     # MFU: 6 · parameters · target tokens per second over the measured peak (both models train the same weights;
