@@ -14,10 +14,10 @@ FLOP/s of a large matrix product in the same dtype, measured in the same run. Wi
 each measurement runs under `torch.profiler`, and its time is split into phases by operator: matrix products
 (GEMM), attention (its batched products and softmax), softmax/loss (log-softmax, cross-entropy), dropout (the
 mask draw), and for generation the machinery around the model (`generate`'s own work: the time outside the
-model's forward calls). Each pass over the batches runs once
-untimed, then `--repeats` times timed, and the median counts; each measurement runs in a fresh process so that its
-peak memory is its own, `--rounds` times per model in alternating order (ours, Marian, Marian, ours, ...), and
-the median over the rounds is reported (a CPU VM's speed drifts by ±15 % over minutes). Prints a table with the
+model's forward calls). Each pass over the batches runs once untimed, then `--repeats` times timed, and the median
+counts; each measurement runs in a fresh process so that its peak memory is its own, `--rounds` times per model
+in alternating order (ours, Marian, Marian, ours, ...), and the median over the rounds is reported (a CPU VM's
+speed drifts by ±15 % over minutes). Prints a table with the
 ratios ours/Marian and writes it as JSON.
 
 Marian counts its frozen sinusoid tables (2 × max positions × d_model) among its parameters; the trainable

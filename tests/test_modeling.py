@@ -157,7 +157,6 @@ def test_dropout_only_in_training_mode(model):
         assert not torch.equal(model(**kwargs).logits, model(**kwargs).logits)
 
 
-
 @pytest.mark.parametrize("p", [0.1, 0.3])
 def test_cpu_dropout_draws_the_paper_distribution(p):
     """The CPU mask (uniform noise ≥ P_drop) zeroes a P_drop share of the elements, scales the rest by 1 / (1 - P_drop)
@@ -174,6 +173,7 @@ def test_cpu_dropout_draws_the_paper_distribution(p):
     assert dropout.eval()(x) is x
     bf16 = Dropout(p)(torch.ones(1000, 1000, dtype=torch.bfloat16))
     assert bf16.dtype == torch.bfloat16 and abs(1 - (bf16 != 0).float().mean().item() - p) < 3e-3
+
 
 def test_label_smoothed_loss_matches_a_hand_computation(model):
     input_ids, attention_mask, _ = batch()
