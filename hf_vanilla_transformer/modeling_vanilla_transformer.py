@@ -67,9 +67,9 @@ class LabelSmoothedCrossEntropy(torch.autograd.Function):
     """§5.4, label smoothing of value ε_ls: the summed cross-entropy of the logits (N, V) against the targets
     smoothed to (1 - ε) · one-hot + ε / V, rows labelled -100 left out; `F.cross_entropy(..., label_smoothing=ε,
     reduction="sum")`. Per row, the loss is -(1 - ε) · log p_target - ε · mean(log p) and its gradient
-    softmax(x) - (1 - ε) · one-hot - ε / V. Only the logits and each row's log-sum-exp are kept for the backward
-    pass; on a CPU both passes go through the logits in blocks of rows small enough to stay in cache, which makes
-    the loss several times faster there than one pass after another over the whole (N, V) matrix."""
+    softmax(x) - (1 - ε) · one-hot - ε / V. Only the logits are kept for the backward pass, which recomputes the
+    softmax; on a CPU both passes go through the logits in blocks of rows small enough to stay in cache, which
+    makes the loss several times faster there than one pass after another over the whole (N, V) matrix."""
 
     CPU_BLOCK_ELEMENTS = 2**19  # 2 MiB of float32 logits per block on a CPU; a GPU takes all rows at once
 
@@ -78,27 +78,24 @@ class LabelSmoothedCrossEntropy(torch.autograd.Function):
         wide = torch.promote_types(logits.dtype, torch.float32)  # half-precision logits are summed in float32
         rows = max(64, LabelSmoothedCrossEntropy.CPU_BLOCK_ELEMENTS // logits.shape[-1])
         rows = rows if logits.device.type == "cpu" else logits.shape[0]
-        total, log_normalizers = logits.new_zeros((), dtype=wide), []
+        total = logits.new_zeros((), dtype=wide)
         for block, block_labels in zip(logits.split(rows), labels.split(rows)):
-            targets = block_labels.clamp(min=0)[:, None]
             log_probs = torch.log_softmax(block, dim=-1, dtype=wide)
-            target_log_probs = log_probs.gather(-1, targets).squeeze(-1)
-            losses = -(1.0 - epsilon) * target_log_probs
+            losses = -(1.0 - epsilon) * log_probs.gather(-1, block_labels.clamp(min=0)[:, None]).squeeze(-1)
             if epsilon:
                 losses -= epsilon * log_probs.mean(-1)
             total += losses[block_labels != -100].sum()
-            log_normalizers.append(block.gather(-1, targets).squeeze(-1).to(wide) - target_log_probs)  # logsumexp(x)
-        ctx.save_for_backward(logits, labels, torch.cat(log_normalizers))
-        ctx.epsilon, ctx.rows = epsilon, rows
+        ctx.save_for_backward(logits, labels)
+        ctx.epsilon, ctx.rows, ctx.wide = epsilon, rows, wide
         return total
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
-        logits, labels, log_normalizers = ctx.saved_tensors
+        logits, labels = ctx.saved_tensors
         grad_logits = torch.empty_like(logits)
         for start in range(0, logits.shape[0], ctx.rows):
             rows = slice(start, start + ctx.rows)
-            grad = torch.exp(logits[rows].to(log_normalizers.dtype) - log_normalizers[rows, None])  # softmax(x)
+            grad = torch.softmax(logits[rows], dim=-1, dtype=ctx.wide)
             if ctx.epsilon:
                 grad -= ctx.epsilon / logits.shape[-1]
             targets = labels[rows].clamp(min=0)[:, None]
