@@ -270,3 +270,32 @@ def test_over_long_evaluation_pairs_are_counted_not_fatal(tmp_path):
     assert counts["train_pairs_too_long"] == 0
     results = json.loads((output / "model" / "training_results.json").read_text())
     assert results["eval_sentences"] == 21  # BLEU still scores every test sentence
+
+
+def test_mixed_precision_reaches_every_forward_of_training_and_evaluation(tmp_path):
+    """`--mixed_precision bf16` puts each training step's forward, the validation loss's and the translations'
+    under autocast (bfloat16 logits): a run that lost it would train in float32, slower and with nothing to say so.
+    Only the attention figure, drawn after evaluation, runs in float32."""
+    script = "\n".join([
+        "import json, sys, torch",
+        "from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration",
+        "from training import train",
+        "seen, plot = [], train.plot_attention",
+        "def record(module, args, output):",
+        "    if isinstance(module, VanillaTransformerForConditionalGeneration):",
+        "        seen.append([module.training, str(output.logits.dtype)])",
+        "torch.nn.modules.module.register_module_forward_hook(record)",
+        "train.plot_attention = lambda *args, **kwargs: (seen.append('figure'), plot(*args, **kwargs))[1]",
+        "train.main(sys.argv[2:])",
+        "open(sys.argv[1], 'w').write(json.dumps(seen))",
+    ])
+    records = tmp_path / "forwards.json"
+    command = train_command(tmp_path / "run", "--mixed_precision", "bf16", "--max_steps", "4", "--eval_steps", "2")
+    result = subprocess.run([sys.executable, "-c", script, str(records), *command[3:]], cwd=ROOT,
+                            env=environment(tmp_path), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-5000:]
+    seen = json.loads(records.read_text())
+    before_figure = seen[: seen.index("figure")]
+    assert [dtype for training, dtype in before_figure if training] == ["torch.bfloat16"] * 4
+    evaluation = [dtype for training, dtype in before_figure if not training]
+    assert len(evaluation) > 10 and set(evaluation) == {"torch.bfloat16"}
