@@ -23,7 +23,8 @@ def load_bleu() -> evaluate.EvaluationModule:
         try:
             return evaluate.load("sacrebleu")
         except Exception as error:  # no network, Hub down, proxy: any of them means "use the local copy"
-            logger.warning("The Hub's sacrebleu metric is out of reach (%s); using the local copy", error)
+            logger.warning("BLEU uses the sacrebleu metric shipped with hf_vanilla_transformer: the Hub's copy could "
+                           "not be fetched (offline? evaluate said: %s). HF_HUB_OFFLINE=1 skips the attempt.", error)
     return evaluate.load(str(LOCAL_SACREBLEU))
 
 

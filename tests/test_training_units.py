@@ -1,7 +1,9 @@
 """The training recipe's pieces, in process: batching, schedule, checkpoints, averaging, BLEU, data loading."""
 
 import json
+import logging
 
+import evaluate
 import pytest
 import sacrebleu
 import torch
@@ -162,6 +164,28 @@ def test_bleu_of_a_perfect_translation_is_100_and_offline_equals_sacrebleu():
     result = corpus_bleu(hypotheses, references, metric)
     assert result["score"] == pytest.approx(sacrebleu.corpus_bleu(hypotheses, [references]).score)
     assert result["signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp")
+
+
+def test_bleu_falls_back_to_the_shipped_metric_when_the_hub_is_out_of_reach(monkeypatch, caplog):
+    from huggingface_hub import constants
+
+    fetch = evaluate.load
+
+    def without_network(path, *args, **kwargs):
+        if path == "sacrebleu":
+            raise ConnectionError("Couldn't reach https://huggingface.co")
+        return fetch(path, *args, **kwargs)
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(evaluate.config, "HF_EVALUATE_OFFLINE", False)
+    monkeypatch.setattr(evaluate, "load", without_network)
+    with caplog.at_level(logging.WARNING, logger="hf_vanilla_transformer.metrics"):
+        metric = load_bleu()
+    assert "the sacrebleu metric shipped with hf_vanilla_transformer" in caplog.text
+    assert "Couldn't reach https://huggingface.co" in caplog.text and "HF_HUB_OFFLINE=1" in caplog.text
+    hypotheses, references = ["A dog is running on grass."], ["A dog runs across the grass."]
+    assert corpus_bleu(hypotheses, references, metric)["score"] == pytest.approx(
+        sacrebleu.corpus_bleu(hypotheses, [references]).score)
 
 
 def test_compute_metrics_for_seq2seq_trainer(tokenizer):
