@@ -94,18 +94,29 @@ class CTranslate2Model:
         options = dict(beam_size=num_beams or defaults.get("num_beams", 1), max_input_length=0,
                        length_penalty=defaults.get("length_penalty", 1.0) if length_penalty is None else length_penalty,
                        patience=1 if early_stopping is True else self.HF_PATIENCE)
-        if max_new_tokens is None:  # source length + 50 new tokens, the last EOS, which CTranslate2 does not count
-            limits = [min(len(ids) + 50, self.config.max_position_embeddings - 1) - 1 for ids in sources]
-        else:
-            limits = [max_new_tokens] * len(sources)
         tokens = [tokenizer.convert_ids_to_tokens(ids) for ids in sources]
+        if max_new_tokens is not None:  # a plain cap: `generate` stops the beams there, without an EOS, as CTranslate2
+            results = self.translator.translate_batch(tokens, max_decoding_length=max_new_tokens, **options)
+            return [tokenizer.convert_tokens_to_ids(result.hypotheses[0]) for result in results]
+        # source length + 50 new tokens, the last EOS, which CTranslate2 does not count
+        limits = [min(len(ids) + 50, self.config.max_position_embeddings - 1) - 1 for ids in sources]
         results = self.translator.translate_batch(tokens, max_decoding_length=max(limits), **options)
         outputs = [result.hypotheses[0] for result in results]
         for i, (output, limit) in enumerate(zip(outputs, limits)):
-            if len(output) > limit:  # longer than this sentence may be: decode it alone, under its own limit
-                outputs[i] = self.translator.translate_batch([tokens[i]], max_decoding_length=limit,
-                                                             **options)[0].hypotheses[0]
+            if len(output) >= limit:  # at or past this sentence's limit: decode it alone, under its own limit
+                outputs[i] = self.at_the_limit(tokens[i], limit, options)
         return [tokenizer.convert_tokens_to_ids(output) for output in outputs]
+
+    def at_the_limit(self, source: list[str], limit: int, options: dict) -> list[str]:
+        """The best translation of a sentence whose beams reach its limit. `generate` ends each beam there with a
+        forced EOS whose log-probability counts in the beam's score; CTranslate2 stops the beams without it, and
+        would rank them otherwise. So its hypotheses are scored again with the EOS and ranked as `generate` does:
+        summed log-probabilities / (tokens with the EOS)^length_penalty."""
+        hypotheses = self.translator.translate_batch([source], max_decoding_length=limit,
+                                                     num_hypotheses=options["beam_size"], **options)[0].hypotheses
+        scored = self.translator.score_batch([source] * len(hypotheses), hypotheses)
+        return max(zip(hypotheses, scored),
+                   key=lambda pair: sum(pair[1].log_probs) / len(pair[1].log_probs) ** options["length_penalty"])[0]
 
 
 def load_translator(name_or_path: str, device: str | None = None, backend: str = "transformers", **kwargs):
