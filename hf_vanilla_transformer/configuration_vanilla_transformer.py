@@ -14,7 +14,7 @@ POSITION_EMBEDDING_TYPES = ("sinusoidal", "learned", "rope", "alibi")
 
 class VanillaTransformerConfig(PreTrainedConfig):
     model_type = "vanilla_transformer"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]  # the cache output, by its name from 5.24 and before
     attribute_map = {
         "hidden_size": "d_model",
         "num_attention_heads": "encoder_attention_heads",

@@ -10,6 +10,7 @@ from transformers.modeling_outputs import Seq2SeqLMOutput
 
 from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration, VanillaTransformerModel
 from hf_vanilla_transformer.modeling_vanilla_transformer import (
+    CACHE_NAME,
     Dropout,
     LabelSmoothedCrossEntropy,
     SinusoidalPositionalEncoding,
@@ -75,8 +76,8 @@ def test_incremental_decoding_with_cache_equals_full_forward(overrides):
         cache = None
         for t in range(decoder_input_ids.shape[1]):
             step = model(encoder_outputs=encoder_outputs, attention_mask=attention_mask,
-                         decoder_input_ids=decoder_input_ids[:, t : t + 1], past_key_values=cache, use_cache=True)
-            cache = step.past_key_values
+                         decoder_input_ids=decoder_input_ids[:, t : t + 1], cache=cache, use_cache=True)
+            cache = getattr(step, CACHE_NAME)
             assert isinstance(cache, EncoderDecoderCache)
             assert (step.logits[:, 0] - full[:, t]).abs().max().item() <= 1e-5
     assert cache.get_seq_length() == decoder_input_ids.shape[1]
@@ -228,8 +229,8 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     def gradients(checkpointing):
         torch.manual_seed(0)
         model = VanillaTransformerForConditionalGeneration(tiny_config(dropout=0.0)).train()
-        if checkpointing:
-            model.gradient_checkpointing_enable()
+        if checkpointing:  # renamed activation checkpointing in transformers 5.23
+            getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
         input_ids, attention_mask, decoder_input_ids = batch()
         model(input_ids=input_ids, attention_mask=attention_mask, labels=decoder_input_ids).loss.backward()
         return {name: p.grad for name, p in model.named_parameters()}
