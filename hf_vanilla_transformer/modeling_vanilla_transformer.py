@@ -5,8 +5,8 @@ Section (§) and equation numbers refer to the paper (arXiv:1706.03762). The cla
 `SublayerConnection` (§3.1), `EncoderLayer`/`DecoderLayer` and their stacks (§3.1), the shared embeddings and
 pre-softmax projection (§3.4), and the label-smoothed loss (§5.4). The alternatives to §3.5 that
 `config.position_embedding_type` selects are here too: `LearnedPositionalEmbedding` (Table 3, row E),
-`RotaryPositionalEmbedding` (RoPE) and `ALiBi`. This file imports only torch, transformers and its configuration,
-so that a saved model folder carries it as remote code.
+`RotaryPositionalEmbedding` (RoPE) and `ALiBi`. This file imports only torch, transformers, its configuration and
+(to declare it when saving) the translation pipeline, so that a saved model folder carries it as remote code.
 """
 
 import functools
@@ -403,6 +403,17 @@ class VanillaTransformerPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.LayerNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, declaring the translation pipeline in config.json; its source is saved
+        beside this file's (a relative import), so that every saved folder, also `Seq2SeqTrainer`'s and
+        `push_to_hub`'s, works with `pipeline("translation", model=folder, trust_remote_code=True)`."""
+        from .pipeline_vanilla_transformer import CONFIG_ENTRY
+        from .tokenization import check_tokenizer_matches_model  # noqa: F401  (the pipeline's own import, named here
+        # too: transformers 5.5 copies only the direct relative imports of a local folder into its remote code)
+
+        self.config.custom_pipelines = CONFIG_ENTRY
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     def _resize_token_embeddings(self, new_num_tokens, pad_to_multiple_of=None, mean_resizing=True):
         """Resize the target embedding too when it is not shared with the source (one vocabulary, §5.1)."""

@@ -1,7 +1,8 @@
 """`pipeline("translation")` for this model.
 
 transformers 5 removed its `translation` task, but `pipeline()` still honours a pipeline that a model declares in
-`config.json` (`custom_pipelines`). This file is that pipeline: `hub.save_for_hub` saves it next to the weights, so
+`config.json` (`custom_pipelines`). This file is that pipeline: every save of the model (`save_pretrained`,
+`Seq2SeqTrainer.save_model`, `push_to_hub`, `hub.save_for_hub`) declares it and writes it next to the weights, so
 
     pipeline("translation", model="user/name", trust_remote_code=True)("Ein Hund läuft.")
     # [{'translation_text': 'A dog is running.'}]
@@ -12,6 +13,9 @@ works with or without this package installed. It imports only `transformers` and
 from transformers import Pipeline
 
 from .tokenization import check_tokenizer_matches_model
+
+# The `custom_pipelines` entry of config.json that makes `pipeline("translation", ...)` load this file.
+CONFIG_ENTRY = {"translation": {"impl": "pipeline_vanilla_transformer.TranslationPipeline", "pt": ["AutoModelForSeq2SeqLM"]}}
 
 
 class TranslationPipeline(Pipeline):

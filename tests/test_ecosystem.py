@@ -63,6 +63,29 @@ def test_seq2seq_trainer_fine_tunes_evaluates_bleu_and_checkpoints(tmp_path, tok
         assert torch.equal(tensor, trainer.model.state_dict()[name]), name
 
 
+def test_a_folder_saved_by_the_trainer_translates_through_the_pipeline(tmp_path, tokenizer):
+    """`trainer.save_model()` goes through `save_pretrained`: the folder declares the pipeline and carries its code,
+    in process and where the package is not installed."""
+    torch.manual_seed(0)
+    model = VanillaTransformerForConditionalGeneration(tiny_config(src_lang="de", tgt_lang="en"))
+    args = Seq2SeqTrainingArguments(output_dir=str(tmp_path / "trainer"), max_steps=1, use_cpu=True, report_to=[])
+    trainer = Seq2SeqTrainer(model=model, args=args, processing_class=tokenizer)
+    folder = tmp_path / "saved"
+    trainer.save_model(str(folder))
+    expected = translate(model.eval(), tokenizer, SENTENCES, num_beams=4, max_new_tokens=8)
+    translator = pipeline("translation", model=str(folder), trust_remote_code=True)
+    assert translator(SENTENCES, num_beams=4, max_new_tokens=8) == [{"translation_text": t} for t in expected]
+    code = f"""
+import json
+from transformers import pipeline
+translator = pipeline("translation", model={str(folder)!r}, trust_remote_code=True)
+print(json.dumps(translator({SENTENCES!r}, num_beams=4, max_new_tokens=8)))
+"""
+    result = run_python(code, tmp_path, block_package=True)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == [{"translation_text": t} for t in expected]
+
+
 def test_translation_pipeline_in_process(hub_folder, tokenizer):
     folder, model = hub_folder
     config = json.loads((folder / "config.json").read_text())
