@@ -53,7 +53,10 @@ def run_python(code: str, cwd: Path, block_package: bool = False, timeout: int =
     """Run `code` in a fresh interpreter; with `block_package`, `hf_vanilla_transformer` cannot be imported there."""
     import subprocess
 
-    prelude = "import sys\nsys.modules['hf_vanilla_transformer'] = None\n" if block_package else ""
+    # As in this process (pyproject.toml), a deprecation met by the project's code, here its remote-code copy, fails.
+    prelude = ("import warnings\nfor category in (DeprecationWarning, FutureWarning):\n"
+               "    warnings.filterwarnings('error', category=category, module='transformers_modules')\n")
+    prelude += "import sys\nsys.modules['hf_vanilla_transformer'] = None\n" if block_package else ""
     environment = {**os.environ, "HF_HOME": str(cwd / "hf_home"), **(env or {})}
     return subprocess.run([sys.executable, "-c", prelude + code], cwd=cwd, env=environment, capture_output=True,
                           text=True, timeout=timeout, stdin=subprocess.DEVNULL)
