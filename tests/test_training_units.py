@@ -281,3 +281,16 @@ def test_over_long_pairs_are_left_out_of_tokenized_data(tokenizer):
                                                {"de": "Katzen.", "en": long}]})
     tokenized = tokenize(pairs, tokenizer, "de", "en", max_length=64)
     assert len(tokenized) == 1 and tokenized[0]["length"] <= 64
+
+
+@pytest.mark.parametrize("avx512_bf16, amx, expected", [(False, False, "no"), (True, False, "bf16"),
+                                                        (False, True, "bf16")])
+def test_auto_mixed_precision_is_bf16_only_where_the_cpu_multiplies_bf16_natively(monkeypatch, avx512_bf16, amx,
+                                                                                   expected):
+    """An AVX2-only CPU emulates bf16 matrix products ~100x slower than float32: the default must not pick it."""
+    from training.train import native_mixed_precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    assert native_mixed_precision() == expected
