@@ -74,6 +74,10 @@ def save_for_hub(folder: str | Path, model, tokenizer, results: dict,
     """Write the Hub-ready folder: model, tokenizer and translation pipeline (with their source), results, card;
     with `ctranslate2_quantization` ("float32", "int8", ...), also the CTranslate2 export in `ctranslate2/`."""
     folder = Path(folder)
+    non_finite = [name for name, tensor in model.state_dict().items() if not tensor.isfinite().all()]
+    if non_finite:
+        raise ValueError(f"The model's weights are not finite (NaN or infinity in {', '.join(non_finite[:3])}"
+                         f"{', ...' if len(non_finite) > 3 else ''}): it diverged in training, and is not saved")
     record_tokenizer(model.config, tokenizer)
     TranslationPipeline(model=model, tokenizer=tokenizer).save_pretrained(folder)
     values = {**model_card_values(model), "model_name": folder.name, **results}
@@ -94,11 +98,18 @@ def save_for_hub(folder: str | Path, model, tokenizer, results: dict,
 
 def files_to_upload(folder: str | Path) -> tuple[list[str], list[str]]:
     """The files `push` sends (those of `UPLOADED_FILES` that the folder holds as plain files) and those it leaves
-    behind (any other file, subfolder or symbolic link), as names relative to the folder."""
+    behind (any other file, subfolder or symbolic link), as names relative to the folder. A folder without one of
+    `REQUIRED_FILES` as a plain file (missing, or a symbolic link as in a Hub cache snapshot) raises."""
     folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder: pass the `model` folder a training run wrote")
     missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
     if missing:
         raise FileNotFoundError(f"{folder} is not a Hub-ready folder: {', '.join(missing)} missing")
+    linked = [name for name in REQUIRED_FILES if (folder / name).is_symlink()]
+    if linked:
+        raise ValueError(f"{folder}: {', '.join(linked)} is a symbolic link, and push sends only plain files; copy "
+                         f"the folder with its links resolved (`cp -rL {folder} COPY`) and push the copy")
     present = {p.relative_to(folder).as_posix(): p for p in folder.iterdir()}
     if (folder / CTRANSLATE2_FOLDER).is_dir() and not (folder / CTRANSLATE2_FOLDER).is_symlink():
         present.pop(CTRANSLATE2_FOLDER)
@@ -142,7 +153,10 @@ def main(argv: list[str] | None = None) -> None:
     push_parser.add_argument("--dry_run", action="store_true", help="list the files and print the card; send nothing")
     args = parser.parse_args(argv)
 
-    files, card, left_out = push(args.model, args.repo_id, args.private, args.dry_run, args.token)
+    try:
+        files, card, left_out = push(args.model, args.repo_id, args.private, args.dry_run, args.token)
+    except (OSError, ValueError) as error:
+        parser.exit(2, f"hub push: {error}\n")
     if left_out:
         print(f"Not uploaded (not files this package writes): {', '.join(left_out)}", file=sys.stderr)
     if args.dry_run:

@@ -15,6 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedTokenizerFast
 
 from . import check_tokenizer_matches_model
@@ -137,10 +138,24 @@ def load_translator(name_or_path: str, device: str | None = None, backend: str =
         tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
         check_tokenizer_matches_model(tokenizer, model.config)
         return model, tokenizer
-    model = AutoModelForSeq2SeqLM.from_pretrained(path if path.exists() else name_or_path, **kwargs)
+    model = load_model(path if path.exists() else name_or_path, **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(path if path.exists() else name_or_path, **kwargs)
     check_tokenizer_matches_model(tokenizer, model.config)
     return model.to(device).eval(), tokenizer
+
+
+def load_model(name_or_path: str | Path, **kwargs):
+    """`AutoModelForSeq2SeqLM.from_pretrained`, whose damaged or mismatched weights raise an `OSError` that says so
+    (safetensors and transformers raise their own exception types there)."""
+    try:
+        return AutoModelForSeq2SeqLM.from_pretrained(name_or_path, **kwargs)
+    except SafetensorError as error:
+        raise OSError(f"model.safetensors is damaged or cut short ({error}): save or download the model again") from None
+    except RuntimeError as error:
+        if "mismatch" not in str(error):
+            raise
+        raise OSError("the weights in model.safetensors do not fit config.json (the report above lists the tensors): "
+                      "the two files come from different models") from None
 
 
 def read_stdin() -> list[str]:
@@ -155,13 +170,24 @@ def read_stdin() -> list[str]:
     return lines
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (a beam size, a batch size, a count of steps)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not positive: give 1 or more")
+    return value
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sentences", nargs="*", help="sentences to translate; standard input when none are given")
     parser.add_argument("--model", required=True, help="a saved model folder or a Hub repository id")
-    parser.add_argument("--num_beams", type=int, default=None, help="beam size (default: the model's, 4)")
-    parser.add_argument("--max_new_tokens", type=int, default=None, help="default: source length + 50")
-    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--num_beams", type=positive_int, default=None, help="beam size (default: the model's, 4)")
+    parser.add_argument("--max_new_tokens", type=positive_int, default=None, help="default: source length + 50")
+    parser.add_argument("--batch_size", type=positive_int, default=64)
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--backend", choices=BACKENDS, default="transformers",
                         help="ctranslate2: a folder exported by `python -m hf_vanilla_transformer.export ctranslate2`")
