@@ -20,8 +20,15 @@ from accelerate.utils import load as load_accelerate_file
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: runs into one folder are not locked
+    fcntl = None
+
 logger = logging.getLogger(__name__)
 
+LOCK_NAME = ".lock"
+LOW_DISK_BYTES = 256 << 20  # a writer failing with less free space than this ran out of it
 STATE_NAME = "trainer_state.json"
 WEIGHTS_NAME = "model.safetensors"
 PREFIX = "step-"
@@ -34,6 +41,28 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: file.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def lock_output_dir(output: Path):
+    """Hold an exclusive lock on OUTPUT/.lock while the run lives (the kernel drops it when the process ends, killed
+    or not, so a stale lock never blocks); raises `RuntimeError` naming the pid of a run that holds it already."""
+    output.mkdir(parents=True, exist_ok=True)
+    file = open(output / LOCK_NAME, "a+")
+    if fcntl is None:
+        return file
+    try:
+        fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        file.seek(0)
+        holder = file.read().strip() or "unknown"
+        file.close()
+        raise RuntimeError(f"another run (pid {holder}) is writing to {output}: wait for it to end, or pass another "
+                           "--output_dir") from None
+    file.seek(0)
+    file.truncate()
+    file.write(str(os.getpid()))
+    file.flush()
+    return file
 
 
 def checkpoint_dirs(root: str | os.PathLike) -> list[Path]:
@@ -72,20 +101,39 @@ def save_checkpoint(accelerator, root: str | os.PathLike, step: int, state: dict
                 os.fsync(file.fileno())
             shutil.rmtree(final, ignore_errors=True)
             os.replace(temporary, final)
-    except (OSError, RuntimeError) as error:  # torch reports a full disk as a RuntimeError
-        if not (getattr(error, "errno", None) == errno.ENOSPC or "No space left" in str(error)):
+    except BaseException as error:
+        shutil.rmtree(temporary, ignore_errors=True)  # whatever stopped the writing: no half-written folder stays
+        if not disk_is_full(error, root):
             raise
-        shutil.rmtree(temporary, ignore_errors=True)
         kept = ", ".join(p.name for p in checkpoint_dirs(root)) or "none"
         raise SystemExit(f"No space left on device at {root}: the checkpoint of step {step} was not written "
                          f"(intact checkpoints: {kept}). Free some space, then resume with "
                          "--resume_from_checkpoint latest.") from None
-    if accelerator.is_main_process:
+    if accelerator.is_main_process and not state.get("interrupted"):
+        # A checkpoint written off the schedule (the run was stopped) goes once a scheduled one follows it, and never
+        # counts among the `keep`: a stopped and resumed run keeps and averages the checkpoints of an unstopped one.
         older = [p for p in checkpoint_dirs(root) if p != final]
-        for old in older[: max(len(older) - (keep - 1), 0)]:
+        interrupted = [p for p in older if _was_interrupted(p)]
+        scheduled = [p for p in older if p not in interrupted]
+        for old in interrupted + scheduled[: max(len(scheduled) - (keep - 1), 0)]:
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
     return final
+
+
+def disk_is_full(error: BaseException, root: Path) -> bool:
+    """Whether `error`, raised while writing under `root`, comes from a full disk: an `ENOSPC`, or a writer's own
+    error (torch's zip writer says "[enforce fail at inline_container.cc] unexpected pos") with little space left."""
+    if getattr(error, "errno", None) == errno.ENOSPC or "No space left" in str(error):
+        return True
+    return isinstance(error, (OSError, RuntimeError)) and shutil.disk_usage(root).free < LOW_DISK_BYTES
+
+
+def _was_interrupted(path: Path) -> bool:
+    try:
+        return bool(read_state(path).get("interrupted"))
+    except (OSError, ValueError):
+        return False
 
 
 def set_aside(path: Path, reason: str, accelerator) -> None:

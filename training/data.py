@@ -29,6 +29,8 @@ class DataError(ValueError):
 def read_lines(path: str | Path) -> list[str]:
     """The lines of a UTF-8 text file (gzipped when its name ends in `.gz`), without their line ends."""
     path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
     with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as file:
         data = file.read()
     try:
@@ -148,11 +150,11 @@ def load_translation_dataset(
         )
     for split, dataset in splits.items():
         if "translation" not in dataset.column_names:
-            raise ValueError(f"Split {split!r} has columns {dataset.column_names}; expected a `translation` column")
+            raise DataError(f"Split {split!r} has columns {dataset.column_names}; expected a `translation` column")
         feature = dataset.features["translation"]  # a `Translation` feature, or a dict of string features
         languages = set(getattr(feature, "languages", None) or (feature.keys() if isinstance(feature, dict) else []))
         if languages and not {source_lang, target_lang} <= languages:
-            raise ValueError(f"Split {split!r} has languages {sorted(languages)}, not {source_lang} and {target_lang}")
+            raise DataError(f"Split {split!r} has languages {sorted(languages)}, not {source_lang} and {target_lang}")
         splits[split] = dataset.filter(
             lambda batch: [bool(p[source_lang].strip() and p[target_lang].strip()) for p in batch["translation"]],
             batched=True,

@@ -8,7 +8,7 @@ import argparse
 import json
 
 from hf_vanilla_transformer.metrics import corpus_bleu
-from hf_vanilla_transformer.translate import BACKENDS, load_translator, translate
+from hf_vanilla_transformer.translate import BACKENDS, load_translator, positive_int, translate
 from training.data import DataError, load_translation_dataset
 
 
@@ -21,10 +21,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--dataset_name", default=None, help="a Hub dataset; default: the embedded Multi30k")
     parser.add_argument("--dataset_config_name", default=None)
     parser.add_argument("--test_file", default=None, help="a local file for --split test (.tsv, .jsonl or a prefix)")
-    parser.add_argument("--max_samples", type=int, default=None)
-    parser.add_argument("--num_beams", type=int, default=4)
+    parser.add_argument("--max_samples", type=positive_int, default=None)
+    parser.add_argument("--num_beams", type=positive_int, default=4)
     parser.add_argument("--length_penalty", type=float, default=0.6)
-    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--batch_size", type=positive_int, default=64)
     parser.add_argument("--device", default=None)
     parser.add_argument("--backend", choices=BACKENDS, default="transformers",
                         help="ctranslate2: --model is a folder exported by `hf_vanilla_transformer.export`")

@@ -14,6 +14,8 @@ import json
 import logging
 import math
 import shutil
+import signal
+import threading
 import time
 from collections import defaultdict
 from contextlib import contextmanager, nullcontext
@@ -25,7 +27,7 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq, get_inverse_sqrt_schedule
+from transformers import AutoTokenizer, DataCollatorForSeq2Seq, get_inverse_sqrt_schedule
 
 from hf_vanilla_transformer import (
     VanillaTransformerConfig,
@@ -37,7 +39,7 @@ from hf_vanilla_transformer import (
 from hf_vanilla_transformer.export import QUANTIZATIONS, import_ctranslate2
 from hf_vanilla_transformer.hub import save_for_hub
 from hf_vanilla_transformer.metrics import corpus_bleu, load_bleu
-from hf_vanilla_transformer.translate import translate
+from hf_vanilla_transformer.translate import load_model, positive_int, translate
 from training import checkpoints
 from training.data import DataError, TokenBatchSampler, load_translation_dataset, tokenize
 from training.tracking import JSONLTracker, plot_learning_curve, truncate_log
@@ -46,6 +48,7 @@ logger = logging.getLogger("training.train")
 
 # Everything a run writes into --output_dir; --overwrite_output_dir removes all of it.
 RUN_OUTPUTS = ("checkpoints", "tokenizer", "logs", "model", "learning_curve.png", "attention.png", "translations.txt")
+DEFAULT_VOCAB_SIZE = 6000
 PRESETS = {"tiny": VanillaTransformerConfig.tiny, "small": VanillaTransformerConfig.small,
            "base": VanillaTransformerConfig.base, "big": VanillaTransformerConfig.big}
 
@@ -58,7 +61,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--model_name_or_path", default=None,
                        help="continue training a saved model (with its own tokenizer unless --tokenizer_name)")
     model.add_argument("--tokenizer_name", default=None, help="a saved tokenizer; default: learn one on the data")
-    model.add_argument("--vocab_size", type=int, default=6000, help="size of a newly learned BPE vocabulary")
+    model.add_argument("--vocab_size", type=positive_int, default=None,
+                       help=f"size of a newly learned BPE vocabulary (default {DEFAULT_VOCAB_SIZE})")
     model.add_argument("--dropout", type=float, default=None, help="override the preset's dropout")
     model.add_argument("--config_overrides", default=None,
                        help='other config fields, e.g. "normalize_before=true,attention_dropout=0.1"')
@@ -79,12 +83,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help="train only on pairs whose source has at most this many tokens (length generalisation)")
     optim = parser.add_argument_group("optimisation (§5)")
     optim.add_argument("--num_train_epochs", type=float, default=10)
-    optim.add_argument("--max_steps", type=int, default=None, help="stop after this many steps (overrides epochs)")
+    optim.add_argument("--max_steps", type=positive_int, default=None, help="stop after this many steps (overrides epochs)")
     optim.add_argument("--learning_rate", type=float, default=2e-3,
                        help="peak rate, reached after warmup; 0: the paper's d_model^-0.5 · warmup^-0.5")
-    optim.add_argument("--warmup_steps", type=int, default=200)
-    optim.add_argument("--max_tokens", type=int, default=2048, help="tokens per batch and process (§5.1: 25000)")
-    optim.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    optim.add_argument("--warmup_steps", type=positive_int, default=200)
+    optim.add_argument("--max_tokens", type=positive_int, default=2048, help="tokens per batch and process (§5.1: 25000)")
+    optim.add_argument("--gradient_accumulation_steps", type=positive_int, default=1)
     optim.add_argument("--max_grad_norm", type=float, default=0.0, help="clip gradients to this norm; 0: no clipping")
     optim.add_argument("--mixed_precision", default="auto", choices=["auto", "no", "fp16", "bf16"],
                        help="auto: bf16 where the hardware multiplies bf16 natively, else no (float32)")
@@ -92,26 +96,52 @@ def parse_args(argv=None) -> argparse.Namespace:
     ckpt = parser.add_argument_group("checkpoints")
     ckpt.add_argument("--output_dir", default="outputs/multi30k-de-en")
     ckpt.add_argument("--overwrite_output_dir", action="store_true", help="discard an earlier run's checkpoints")
-    ckpt.add_argument("--checkpointing_steps", type=int, default=120)
-    ckpt.add_argument("--keep_checkpoints", type=int, default=5)
-    ckpt.add_argument("--average_checkpoints", type=int, default=5,
+    ckpt.add_argument("--checkpointing_steps", type=positive_int, default=120)
+    ckpt.add_argument("--keep_checkpoints", type=positive_int, default=5)
+    ckpt.add_argument("--average_checkpoints", type=positive_int, default=5,
                       help="average the last N checkpoints for the final model (§6.1: 5 for base, 20 for big)")
     ckpt.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint folder, or `latest`")
     ckpt.add_argument("--export_ctranslate2", nargs="?", const="float32", default=None, choices=QUANTIZATIONS,
                       metavar="QUANTIZATION", help="also export the final model to CTranslate2 in model/ctranslate2 "
                       "(float32 unless a quantization is named: int8, float16, ...); needs the [ctranslate2] extra")
     evaluation = parser.add_argument_group("evaluation")
-    evaluation.add_argument("--eval_steps", type=int, default=None, help="validate every N steps; default: per epoch")
+    evaluation.add_argument("--eval_steps", type=positive_int, default=None, help="validate every N steps; default: per epoch")
     evaluation.add_argument("--eval_bleu_samples", type=int, default=500,
                             help="validation sentences translated (greedily) for the BLEU logged during training")
     evaluation.add_argument("--eval_split", default="test", help="the split of the final BLEU (§6.1: newstest2014)")
-    evaluation.add_argument("--num_beams", type=int, default=4)
+    evaluation.add_argument("--num_beams", type=positive_int, default=4)
     evaluation.add_argument("--length_penalty", type=float, default=0.6)
-    evaluation.add_argument("--logging_steps", type=int, default=20)
+    evaluation.add_argument("--logging_steps", type=positive_int, default=20)
     evaluation.add_argument("--with_tracking", action=argparse.BooleanOptionalAction, default=True,
                             help="log to the trackers of --report_to besides the JSONL log")
     evaluation.add_argument("--report_to", default="tensorboard", help="Accelerate trackers, e.g. tensorboard, wandb, all")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    ranges = {"learning_rate": (0, math.inf), "num_train_epochs": (1e-9, math.inf), "max_grad_norm": (0, math.inf),
+              "label_smoothing": (0, 0.999), "dropout": (0, 0.999), "length_penalty": (-math.inf, math.inf)}
+    for name, (low, high) in ranges.items():
+        value = getattr(args, name)
+        if value is not None and not (math.isfinite(value) and low <= value <= high):
+            parser.error(f"--{name} {value}: expected a finite number in [{low}, {high}]")
+    # Flags that a saved model or tokenizer makes moot are refused, not dropped.
+    moot = {"--config_name": args.model_name_or_path and args.config_name,
+            "--vocab_size": (args.model_name_or_path or args.tokenizer_name) and args.vocab_size}
+    for flag, given in moot.items():
+        if given:
+            source = "--model_name_or_path" if args.model_name_or_path else "--tokenizer_name"
+            parser.error(f"{flag} cannot apply with {source}: the saved model or tokenizer fixes it; drop {flag}")
+    return args
+
+
+STOP_REQUESTED = threading.Event()  # set by SIGTERM
+MAX_LOG_PERPLEXITY = 700.0  # math.exp overflows a float past ~709.8
+MAX_NON_FINITE_STEPS = 10  # updates skipped in a row for a non-finite gradient before the run stops
+
+
+def diverged_message(what: str, learning_rate: float, checkpoint_root: Path) -> str:
+    kept = ", ".join(p.name for p in checkpoints.checkpoint_dirs(checkpoint_root)) or "none"
+    return (f"Training diverged: {what} (learning rate {learning_rate:.2e}), so the run stops without saving a model. "
+            f"Lower --learning_rate or clip with --max_grad_norm, then start afresh with --overwrite_output_dir, or "
+            f"resume an intact checkpoint ({kept}) with --resume_from_checkpoint.")
 
 
 # What continuing to train a saved model may change; the rest is its architecture, fixed by its weights.
@@ -127,15 +157,20 @@ def build_model(args, tokenizer, device: torch.device) -> VanillaTransformerForC
         overrides["dropout"] = args.dropout
     attn_implementation = args.attn_implementation or ("eager" if device.type == "cpu" else "sdpa")
     if args.model_name_or_path:
-        saved = VanillaTransformerConfig.from_pretrained(args.model_name_or_path)
+        try:
+            saved = VanillaTransformerConfig.from_pretrained(args.model_name_or_path)
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"error: --model_name_or_path {args.model_name_or_path}: {error}") from None
         fixed = [f"{name}={value!r} (the model has {getattr(saved, name)!r})" for name, value in overrides.items()
                  if name not in TRAINING_FIELDS and value != getattr(saved, name)]
         if fixed:
             raise SystemExit(f"--model_name_or_path {args.model_name_or_path}: continuing to train keeps the saved "
                              f"architecture, so {', '.join(fixed)} cannot apply; only {', '.join(sorted(TRAINING_FIELDS))} "
                              "can change. Train a new model (--config_name) to change the others.")
-        model = AutoModelForSeq2SeqLM.from_pretrained(args.model_name_or_path, attn_implementation=attn_implementation,
-                                                      **overrides)
+        try:
+            model = load_model(args.model_name_or_path, attn_implementation=attn_implementation, **overrides)
+        except OSError as error:
+            raise SystemExit(f"error: --model_name_or_path {args.model_name_or_path}: {error}") from None
         own_tokenizer = Path(args.model_name_or_path, "tokenizer.json")
         if model.config.tokenizer_fingerprint is None and args.tokenizer_name and own_tokenizer.is_file():
             record_tokenizer(model.config, AutoTokenizer.from_pretrained(args.model_name_or_path))  # an older folder
@@ -149,10 +184,13 @@ def build_model(args, tokenizer, device: torch.device) -> VanillaTransformerForC
             attn_implementation=attn_implementation,
         )
         config_name = args.config_name or "small"
-        if config_name in PRESETS:
-            config = PRESETS[config_name](**overrides)
-        else:
-            config = VanillaTransformerConfig.from_pretrained(config_name, **overrides)
+        try:
+            if config_name in PRESETS:
+                config = PRESETS[config_name](**overrides)
+            else:
+                config = VanillaTransformerConfig.from_pretrained(config_name, **overrides)
+        except (OSError, ValueError, TypeError) as error:
+            raise SystemExit(f"error: --config_name {config_name}: {error}") from None
         model = VanillaTransformerForConditionalGeneration(config)
     try:
         record_tokenizer(model.config, tokenizer)
@@ -172,7 +210,10 @@ def parse_config_overrides(text: str | None) -> dict:
         if isinstance(default, bool):
             overrides[name] = value.lower() in ("true", "1", "yes")
         elif default is not None:
-            overrides[name] = type(default)(value)
+            try:
+                overrides[name] = type(default)(value)
+            except ValueError:
+                raise SystemExit(f"--config_overrides: {name}={value!r} is not a {type(default).__name__}") from None
         else:  # a field that may be None: a number, null, or else text
             try:
                 overrides[name] = json.loads(value)
@@ -181,11 +222,27 @@ def parse_config_overrides(text: str | None) -> dict:
     return overrides
 
 
+# The arguments that decide the run's tokenizer, recorded beside it: a resumed run must give the same.
+TOKENIZER_ORIGIN = ("tokenizer_name", "model_name_or_path", "vocab_size", "dataset_name", "dataset_config_name",
+                    "train_file", "source_lang", "target_lang", "max_train_samples")
+ORIGIN_NAME = "run_arguments.json"
+
+
 def load_or_train_tokenizer(args, raw, output: Path):
     """The run's tokenizer, saved as OUTPUT/tokenizer: the one saved there already (a resumed run), else
     `--tokenizer_name`, else the continued model's own, else a BPE vocabulary learned on the training data."""
     saved = output / "tokenizer"
+    origin = {name: getattr(args, name) for name in TOKENIZER_ORIGIN}
+    if not (args.tokenizer_name or args.model_name_or_path):
+        origin["vocab_size"] = args.vocab_size or DEFAULT_VOCAB_SIZE
     if (saved / "tokenizer.json").is_file():
+        recorded = json.loads((saved / ORIGIN_NAME).read_text()) if (saved / ORIGIN_NAME).is_file() else origin
+        changed = [f"--{name} {origin[name]} (was {recorded.get(name)})" for name in origin
+                   if recorded.get(name) != origin[name]]
+        if changed:
+            raise SystemExit(f"{output} holds the tokenizer of a run with other data or vocabulary: "
+                             f"{', '.join(changed)}. Resume with the same arguments, or pass --overwrite_output_dir "
+                             "to start afresh.")
         return AutoTokenizer.from_pretrained(saved)
     if args.tokenizer_name or args.model_name_or_path:
         name = args.tokenizer_name or args.model_name_or_path
@@ -196,8 +253,9 @@ def load_or_train_tokenizer(args, raw, output: Path):
     else:
         pairs = raw["train"]["translation"]
         sentences = [p[args.source_lang] for p in pairs] + [p[args.target_lang] for p in pairs]
-        tokenizer = train_tokenizer(sentences, vocab_size=args.vocab_size)
+        tokenizer = train_tokenizer(sentences, vocab_size=args.vocab_size or DEFAULT_VOCAB_SIZE)
     tokenizer.save_pretrained(saved)
+    (saved / ORIGIN_NAME).write_text(json.dumps(origin, indent=2))
     return tokenizer
 
 
@@ -291,6 +349,11 @@ def main(argv=None) -> dict:
     set_seed(args.seed, device_specific=True)
 
     checkpoint_root = output / "checkpoints"
+    if accelerator.is_main_process:
+        try:
+            lock = checkpoints.lock_output_dir(output)  # noqa: F841  (held until the process ends)
+        except RuntimeError as error:
+            raise SystemExit(f"error: {error}") from None
     earlier = [name for name in RUN_OUTPUTS if (output / name).exists()]
     if args.resume_from_checkpoint is None and earlier:
         if not args.overwrite_output_dir:
@@ -369,8 +432,12 @@ def main(argv=None) -> dict:
     logger.info("%d parameters; %d steps of %d per epoch; peak learning rate %.2e (%.2f × the paper's)",
                 unwrapped.num_parameters(), max_steps, steps_per_epoch, learning_rate, learning_rate / paper_peak)
 
-    def save(step):
-        state = {"epoch": epoch, "batches_done": batches_done, "learning_rate": learning_rate, "layout": layout}
+    def save(step, interrupted=False):
+        if not all(p.isfinite().all() for p in unwrapped.parameters()):
+            raise SystemExit(diverged_message(f"the weights are not finite at step {step}",
+                                              scheduler.get_last_lr()[0], checkpoint_root))
+        state = {"epoch": epoch, "batches_done": batches_done, "learning_rate": learning_rate, "layout": layout,
+                 "interrupted": interrupted}
         with timed(phases, "checkpoints"):
             checkpoints.save_checkpoint(accelerator, checkpoint_root, step, state, args.keep_checkpoints)
 
@@ -397,13 +464,17 @@ def main(argv=None) -> dict:
     model.train()
     progress = tqdm(total=max_steps, initial=step, disable=not accelerator.is_local_main_process, desc="training")
     window_tokens, window_seconds, window_loss = 0, 0.0, 0.0  # since the last log: tokens, seconds, summed loss
+    non_finite_steps = []  # the steps in a row whose gradient was not finite
     while step < max_steps:
         sampler.set_epoch(epoch, start=batches_done)
         for micro_batches in groups(train_loader, args.gradient_accumulation_steps):
             step_started = time.time()
             micro_batches = [batch.to(accelerator.device) for batch in micro_batches]
-            # A step's loss is its summed token losses over all its target tokens, whatever the process count.
-            step_tokens = accelerator.reduce(sum((b["labels"] != -100).sum() for b in micro_batches), "sum")
+            # A step's loss is its summed token losses over all its target tokens, whatever the process count; the
+            # same reduction tells every process whether any was asked to stop (SIGTERM).
+            step_tokens, stop = accelerator.reduce(torch.stack([
+                sum((b["labels"] != -100).sum() for b in micro_batches),
+                torch.tensor(int(STOP_REQUESTED.is_set()), device=accelerator.device)]), "sum")
             normalizer = step_tokens / accelerator.num_processes  # DDP averages the processes' gradients
             step_loss = 0.0
             for i, batch in enumerate(micro_batches):
@@ -413,9 +484,21 @@ def main(argv=None) -> dict:
                         loss = model(**batch, num_items_in_batch=normalizer).loss
                     accelerator.backward(loss)
                 step_loss += loss.detach()
-            if args.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-            optimizer.step()
+            # Without a limit the "clipping" only measures the norm (the gradients are multiplied by exactly 1).
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm or math.inf)
+            # A non-finite gradient (every process sees the same, after DDP's all-reduce) skips the update, as fp16's
+            # loss scaling does, whose own skipping is left to it; too many in a row stop the run.
+            if grad_norm is not None and not torch.isfinite(grad_norm) and accelerator.mixed_precision != "fp16":
+                non_finite_steps.append(step + 1)
+                logger.warning("step %d: the gradient norm is %s; the update is skipped (learning rate %.2e)",
+                               step + 1, grad_norm.item(), scheduler.get_last_lr()[0])
+                if len(non_finite_steps) == MAX_NON_FINITE_STEPS:
+                    raise SystemExit(diverged_message(
+                        f"the gradient norm was not finite at steps {non_finite_steps[0]}-{non_finite_steps[-1]}",
+                        scheduler.get_last_lr()[0], checkpoint_root))
+            else:
+                non_finite_steps.clear()
+                optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
@@ -438,6 +521,11 @@ def main(argv=None) -> dict:
                 evaluate(step)
             if step % args.checkpointing_steps == 0 or step == max_steps:
                 save(step)
+            elif stop:
+                save(step, interrupted=True)
+            if stop:
+                raise SystemExit(f"Stopped by SIGTERM after step {step}, whose checkpoint is in {checkpoint_root}: run "
+                                 "the same command with --resume_from_checkpoint latest to continue")
             if step == max_steps:
                 break
         else:  # the epoch is over
@@ -461,7 +549,9 @@ def main(argv=None) -> dict:
         smoothing, unwrapped.config.label_smoothing = unwrapped.config.label_smoothing, 0.0
         nll = validation_loss(model, data["validation"], collator, accelerator, args.max_tokens)
         unwrapped.config.label_smoothing = smoothing
-        results["validation_perplexity"] = round(math.exp(nll), 2)
+        results["validation_perplexity"] = round(math.exp(nll), 2) if nll < MAX_LOG_PERPLEXITY else None
+        if results["validation_perplexity"] is None:
+            logger.warning("The validation loss is %.3g: its perplexity overflows, and is left out", nll)
         unwrapped.eval()
     split = args.eval_split if args.eval_split in raw else ("validation" if has_validation else None)
     if split is not None:
@@ -501,7 +591,10 @@ def main(argv=None) -> dict:
         results.update({name: f"{captions[name]}\n\n![{name}]({path.name})" if path else ""
                         for name, path in figures.items()})
         results.setdefault("attention_plot", "")
-        save_for_hub(folder, unwrapped, tokenizer, results, args.export_ctranslate2)
+        try:
+            save_for_hub(folder, unwrapped, tokenizer, results, args.export_ctranslate2)
+        except ValueError as error:
+            raise SystemExit(f"{folder}: {error}") from None
         for path in filter(None, figures.values()):
             shutil.copy(path, folder / path.name)
         phases["figures_and_saving"] = (time.time() - final_started) / 60 - phases["final_evaluation"]
@@ -571,4 +664,7 @@ def describe_hardware(accelerator) -> str:
 
 
 if __name__ == "__main__":
+    # SIGTERM (what schedulers and spot instances send before they kill) ends the run after the current step, with
+    # a checkpoint to resume from.
+    signal.signal(signal.SIGTERM, lambda signum, frame: STOP_REQUESTED.set())
     main()
