@@ -20,7 +20,7 @@ from hf_vanilla_transformer.translate import translate
 from training.data import load_translation_dataset
 
 TINY_RUN = [
-    "--config_name", "tiny", "--vocab_size", "600", "--max_train_samples", "2000", "--max_eval_samples", "100",
+    "--max_train_samples", "2000", "--max_eval_samples", "100",
     "--max_tokens", "1024", "--warmup_steps", "40", "--learning_rate", "3e-3", "--eval_bleu_samples", "50",
     "--num_beams", "2", "--mixed_precision", "no", "--no-with_tracking",
 ]
@@ -40,7 +40,11 @@ def train_command(output_dir, *args, processes: int = 1) -> list[str]:
         launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
                     str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                     "--main_process_port", str(port), "-m", "training.train"]
-    return [*launcher, "--output_dir", str(output_dir), *TINY_RUN, *args]
+    # A new tiny model with a 600-token vocabulary, unless a saved model or tokenizer fixes them (the run refuses
+    # flags that cannot apply).
+    model = [] if "--model_name_or_path" in args else ["--config_name", "tiny"]
+    model += [] if {"--model_name_or_path", "--tokenizer_name"} & set(args) else ["--vocab_size", "600"]
+    return [*launcher, "--output_dir", str(output_dir), *model, *TINY_RUN, *args]
 
 
 def train(tmp_path, output_dir, *args, processes: int = 1) -> subprocess.CompletedProcess:
@@ -127,28 +131,42 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
         assert sum(r["target_tokens"] for r in log(run) if "target_tokens" in r) == sum(map(len, labels))
 
 
-def test_a_killed_run_resumes_to_identical_weights(tmp_path):
+def test_a_killed_or_terminated_run_resumes_to_identical_weights(tmp_path):
+    """SIGKILL: resume from the last checkpoint. SIGTERM (schedulers, spot instances): the run finishes its step,
+    writes a checkpoint there, says how to resume and exits. Either way the resumed run ends bit for bit as an
+    uninterrupted one, its checkpoints and their average included."""
     args = ["--max_steps", "120", "--checkpointing_steps", "10", "--eval_steps", "40", "--eval_bleu_samples", "10"]
-    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    reference = tmp_path / "reference"
     train(tmp_path, reference, *args)
+    for sent in (signal.SIGKILL, signal.SIGTERM):
+        stopped = tmp_path / sent.name
+        process = subprocess.Popen(train_command(stopped, *args), cwd=ROOT, env=environment(tmp_path),
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 300
+        while not (stopped / "checkpoints" / "step-00000020").is_dir() and process.poll() is None:
+            assert time.time() < deadline
+            time.sleep(0.05)
+        time.sleep(0.3)  # between two scheduled checkpoints
+        process.send_signal(sent)
+        stderr = process.communicate()[1]
+        assert not (stopped / "model").exists(), "the run finished before it could be stopped"
+        if sent == signal.SIGTERM:
+            assert process.returncode == 1 and "Traceback" not in stderr, stderr[-3000:]
+            assert "Stopped by SIGTERM after step" in stderr and "--resume_from_checkpoint latest" in stderr
+            step = int(stderr.split("Stopped by SIGTERM after step ")[1].split(",")[0])
+            assert (stopped / "checkpoints" / f"step-{step:08d}").is_dir()  # written where it stopped
+            assert not list((stopped / "checkpoints").glob(".tmp-*"))
 
-    process = subprocess.Popen(train_command(killed, *args), cwd=ROOT, env=environment(tmp_path),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (killed / "checkpoints" / "step-00000020").is_dir() and process.poll() is None:
-        assert time.time() < deadline
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert not (killed / "model").exists(), "the run finished before it could be killed"
-
-    result = train(tmp_path, killed, *args, "--resume_from_checkpoint", "latest")
-    assert "Resumed from" in result.stderr
-    final = "checkpoints/step-00000120/model.safetensors"
-    expected, resumed = load_file(reference / final), load_file(killed / final)
-    assert expected.keys() == resumed.keys()
-    assert all(torch.equal(expected[k], resumed[k]) for k in expected)
-    assert (killed / "model" / "model.safetensors").read_bytes() == (reference / "model" / "model.safetensors").read_bytes()
+        result = train(tmp_path, stopped, *args, "--resume_from_checkpoint", "latest")
+        assert "Resumed from" in result.stderr
+        assert sorted(p.name for p in (stopped / "checkpoints").iterdir()) == sorted(
+            p.name for p in (reference / "checkpoints").iterdir())
+        final = "checkpoints/step-00000120/model.safetensors"
+        expected, resumed = load_file(reference / final), load_file(stopped / final)
+        assert expected.keys() == resumed.keys()
+        assert all(torch.equal(expected[k], resumed[k]) for k in expected)
+        assert (stopped / "model" / "model.safetensors").read_bytes() == (
+            reference / "model" / "model.safetensors").read_bytes()
 
 
 def test_a_damaged_checkpoint_is_skipped_with_a_message(tmp_path):
@@ -236,7 +254,7 @@ def test_continuing_a_saved_model_keeps_its_tokenizer_and_applies_or_refuses_ove
     assert fingerprint
     second = tmp_path / "second"
     train(tmp_path, second, "--model_name_or_path", str(saved), "--max_steps", "5", "--eval_bleu_samples", "0",
-          "--vocab_size", "500", "--dropout", "0.3", "--config_overrides", "attention_dropout=0.2")
+          "--dropout", "0.3", "--config_overrides", "attention_dropout=0.2")
     continued = json.loads((second / "model" / "config.json").read_text())
     assert continued["tokenizer_fingerprint"] == fingerprint
     assert continued["dropout"] == 0.3 and continued["attention_dropout"] == 0.2
@@ -246,6 +264,10 @@ def test_continuing_a_saved_model_keeps_its_tokenizer_and_applies_or_refuses_ove
                                            "--config_overrides", "d_model=64"), cwd=ROOT,
                              env=environment(tmp_path), capture_output=True, text=True, timeout=300)
     assert refused.returncode != 0 and "d_model=64 (the model has 32) cannot apply" in refused.stderr
+    for moot in (["--vocab_size", "500"], ["--config_name", "tiny"]):  # fixed by the saved model: refused, not dropped
+        refused = subprocess.run(train_command(tmp_path / "third", "--model_name_or_path", str(saved), *moot), cwd=ROOT,
+                                 env=environment(tmp_path), capture_output=True, text=True, timeout=300)
+        assert refused.returncode == 2 and f"{moot[0]} cannot apply with --model_name_or_path" in refused.stderr
     other = tmp_path / "other-tokenizer"
     pairs = load_translation_dataset("de", "en")["train"].select(range(2000, 4000))["translation"]
     train_tokenizer([p["de"] for p in pairs] + [p["en"] for p in pairs], vocab_size=600).save_pretrained(other)

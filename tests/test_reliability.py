@@ -1,0 +1,216 @@
+"""Faults and bad input, as a user meets them: a diverging run, a resume that is not one, two runs into one folder,
+moot flags, impossible values, missing files, damaged folders. Each ends in the right result or one line that
+names the problem, never a traceback and never a silently wrong model."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import ROOT, read_multi30k, tiny_config
+from safetensors.torch import load_file
+from test_training_runs import environment, train, train_command
+from transformers import pipeline
+
+from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration, hub
+from test_ecosystem import RESULTS
+from training import checkpoints
+from training.train import parse_args
+
+
+def run(module: str, *args, tmp_path, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT, env=environment(tmp_path),
+                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def assert_one_clear_line(result, *expected: str):
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    for text in expected:
+        assert text in result.stderr, result.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory, tokenizer):
+    """A Hub-ready tiny model folder (de→en)."""
+    torch.manual_seed(0)
+    model = VanillaTransformerForConditionalGeneration(tiny_config(src_lang="de", tgt_lang="en")).eval()
+    return hub.save_for_hub(tmp_path_factory.mktemp("saved") / "model", model, tokenizer, RESULTS)
+
+
+def test_a_diverging_run_stops_naming_the_step_and_saves_no_model(tmp_path):
+    output = tmp_path / "run"
+    result = subprocess.run(train_command(output, "--learning_rate", "1e30", "--max_steps", "40",
+                                          "--checkpointing_steps", "1", "--eval_bleu_samples", "0"),
+                            cwd=ROOT, env=environment(tmp_path), capture_output=True, text=True, timeout=600)
+    assert_one_clear_line(result, "Training diverged: the gradient norm was not finite at steps", "--learning_rate")
+    assert "learning rate" in result.stderr and not (output / "model").exists()
+    for checkpoint in checkpoints.checkpoint_dirs(output / "checkpoints"):  # none holds a non-finite weight
+        assert all(tensor.isfinite().all() for tensor in load_file(checkpoint / "model.safetensors").values())
+
+
+def test_a_model_with_non_finite_weights_is_never_saved_for_the_hub(tmp_path, tokenizer):
+    model = VanillaTransformerForConditionalGeneration(tiny_config())
+    with torch.no_grad():
+        model.lm_head.weight[3, 4] = float("nan")
+    with pytest.raises(ValueError, match="not finite.*diverged"):
+        hub.save_for_hub(tmp_path / "model", model, tokenizer, RESULTS)
+    assert not (tmp_path / "model").exists()
+
+
+def test_a_push_of_linked_weights_is_refused(saved, tmp_path):
+    """A folder whose weights are a symbolic link (as in a Hub cache snapshot) never pushes without them."""
+    folder = tmp_path / "snapshot"
+    folder.mkdir()
+    for path in saved.iterdir():
+        if path.is_file():
+            (folder / path.name).write_bytes(path.read_bytes())
+    (tmp_path / "blob").write_bytes((saved / "model.safetensors").read_bytes())
+    (folder / "model.safetensors").unlink()
+    (folder / "model.safetensors").symlink_to(tmp_path / "blob")
+    with pytest.raises(ValueError, match="model.safetensors is a symbolic link.*cp -rL"):
+        hub.push(folder, "someone/model", dry_run=True)
+    result = run("hf_vanilla_transformer.hub", "push", "--model", folder, "--repo_id", "someone/model", "--dry_run",
+                 tmp_path=tmp_path)
+    assert_one_clear_line(result, "model.safetensors is a symbolic link")
+
+
+def test_resuming_with_other_data_or_vocabulary_is_refused(tmp_path):
+    """A run killed before its first checkpoint leaves its tokenizer: a "resume" with other data must not reuse it."""
+    output = tmp_path / "run"
+    train(tmp_path, output, "--max_steps", "2", "--eval_bleu_samples", "0", "--max_eval_samples", "20")
+    for leftover in ("checkpoints", "model"):  # what a kill before the first checkpoint leaves: tokenizer/, logs/
+        subprocess.run(["rm", "-r", str(output / leftover)], check=True)
+    tsv = tmp_path / "other.tsv"
+    tsv.write_text("".join(f"{de}\t{en}\n" for de, en in zip(read_multi30k("train", "de", 300),
+                                                             read_multi30k("train", "en", 300))))
+    for changed, named in ((["--vocab_size", "500"], "--vocab_size 500 (was 600)"),
+                           (["--train_file", str(tsv)], f"--train_file {tsv} (was None)")):
+        command = train_command(output, "--max_steps", "2", "--resume_from_checkpoint", "latest", *changed)
+        if changed[0] == "--vocab_size":  # instead of the helper's own --vocab_size 600
+            index = command.index("--vocab_size")
+            del command[index : index + 2]
+        result = subprocess.run(command, cwd=ROOT, env=environment(tmp_path), capture_output=True, text=True,
+                                timeout=300)
+        assert_one_clear_line(result, "holds the tokenizer of a run with other data or vocabulary", named,
+                              "--overwrite_output_dir")
+
+
+def test_flags_that_cannot_apply_are_refused(capsys):
+    for argv, message in (
+        (["--tokenizer_name", "somewhere", "--vocab_size", "300"], "--vocab_size cannot apply with --tokenizer_name"),
+        (["--model_name_or_path", "somewhere", "--config_name", "tiny"],
+         "--config_name cannot apply with --model_name_or_path"),
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            parse_args(argv)
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_second_run_into_the_same_folder_is_refused_and_a_dead_runs_lock_is_not(tmp_path):
+    output = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom pathlib import Path\n"
+                               "from training import checkpoints\n"
+                               f"lock = checkpoints.lock_output_dir(Path({str(output)!r}))\n"
+                               "print('locked', flush=True)\ntime.sleep(600)"],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        result = subprocess.run(train_command(output, "--max_steps", "2"), cwd=ROOT, env=environment(tmp_path),
+                                capture_output=True, text=True, timeout=300)
+        assert_one_clear_line(result, f"another run (pid {holder.pid}) is writing to {output}")
+        assert not (output / "logs").exists()  # the refused run wrote nothing
+    finally:
+        holder.kill()  # SIGKILL: the lock file stays, the kernel drops the lock
+        holder.wait()
+    assert (output / checkpoints.LOCK_NAME).read_text() == str(holder.pid)
+    checkpoints.lock_output_dir(output).close()  # a killed run's lock does not block
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--num_beams", "0"], "--num_beams: 0 is not positive"),
+    (["--max_tokens", "0"], "--max_tokens: 0 is not positive"),
+    (["--warmup_steps", "0"], "--warmup_steps: 0 is not positive"),
+    (["--gradient_accumulation_steps", "-1"], "--gradient_accumulation_steps: -1 is not positive"),
+    (["--checkpointing_steps", "0"], "--checkpointing_steps: 0 is not positive"),
+    (["--average_checkpoints", "0"], "--average_checkpoints: 0 is not positive"),
+    (["--max_steps", "two"], "--max_steps: 'two' is not a whole number"),
+    (["--label_smoothing", "1.5"], "--label_smoothing 1.5: expected a finite number in [0, 0.999]"),
+    (["--dropout", "nan"], "--dropout nan: expected a finite number in [0, 0.999]"),
+    (["--learning_rate", "-1"], "--learning_rate -1.0: expected a finite number in [0, inf]"),
+    (["--num_train_epochs", "0"], "--num_train_epochs 0.0: expected a finite number in"),
+    (["--length_penalty", "inf"], "--length_penalty inf: expected a finite number in"),
+])
+def test_impossible_training_values_are_refused_by_name(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(argv)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("module, argv, message", [
+    ("hf_vanilla_transformer.translate", ["--num_beams", "0", "Hallo"], "--num_beams: 0 is not positive"),
+    ("hf_vanilla_transformer.translate", ["--batch_size", "0", "Hallo"], "--batch_size: 0 is not positive"),
+    ("training.evaluate_bleu", ["--num_beams", "0"], "--num_beams: 0 is not positive"),
+    ("training.evaluate_bleu", ["--max_samples", "0"], "--max_samples: 0 is not positive"),
+])
+def test_impossible_decoding_values_are_refused_by_name(module, argv, message, saved, tmp_path):
+    assert_one_clear_line(run(module, "--model", saved, *argv, tmp_path=tmp_path), message)
+
+
+def test_missing_data_files_name_the_file(saved, tmp_path):
+    missing = tmp_path / "missing.tsv"
+    for flag in ("--train_file", "--validation_file", "--test_file"):
+        extra = [] if flag == "--train_file" else ["--train_file", str(tmp_path / "train")]
+        (tmp_path / "train.de").write_text("Ein Hund.\n")
+        (tmp_path / "train.en").write_text("A dog.\n")
+        result = subprocess.run(train_command(tmp_path / "run", *extra, flag, str(missing)), cwd=ROOT,
+                                env=environment(tmp_path), capture_output=True, text=True, timeout=300)
+        assert_one_clear_line(result, f"{missing}: no such file")
+    result = run("training.evaluate_bleu", "--model", saved, "--test_file", missing, tmp_path=tmp_path)
+    assert_one_clear_line(result, f"{missing}: no such file")
+
+
+def test_bad_configs_name_the_field(tmp_path):
+    (tmp_path / "garbage.json").write_text("{not json")
+    negative = tmp_path / "negative"
+    negative.mkdir()
+    (negative / "config.json").write_text(json.dumps(tiny_config().to_dict() | {"d_model": -128}))
+    for number, (args, message) in enumerate((
+            (["--config_name", str(tmp_path / "garbage.json")], "--config_name"),
+            (["--config_name", str(negative)], "`d_model` must be a positive integer, got -128"),
+            (["--config_overrides", "d_model=abc"], "--config_overrides: d_model='abc' is not a int"))):
+        command = train_command(tmp_path / f"run-{number}", "--max_steps", "1", *args)
+        if args[0] == "--config_name":  # instead of the helper's --config_name tiny
+            index = command.index("--config_name")
+            del command[index : index + 2]
+        result = subprocess.run(command, cwd=ROOT, env=environment(tmp_path), capture_output=True, text=True,
+                                timeout=300)
+        assert_one_clear_line(result, message)
+
+
+@pytest.mark.parametrize("damage", ["vocab_size", "half", "header"])
+def test_a_damaged_model_folder_is_reported_by_the_translate_cli(saved, tmp_path, damage):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for path in saved.iterdir():
+        if path.is_file():
+            (folder / path.name).write_bytes(path.read_bytes())
+    weights = (folder / "model.safetensors").read_bytes()
+    if damage == "vocab_size":
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, "vocab_size": config["vocab_size"] + 100}))
+        message = "do not fit config.json"
+    else:
+        header = 8 + int.from_bytes(weights[:8], "little")
+        (folder / "model.safetensors").write_bytes(weights[: len(weights) // 2 if damage == "half" else header])
+        message = "model.safetensors is damaged or cut short"
+    result = run("hf_vanilla_transformer.translate", "--model", folder, "Ein Hund.", tmp_path=tmp_path)
+    assert_one_clear_line(result, f"--model {folder}", message)
+
+
+def test_the_saved_tokenizer_carries_the_models_length_limit(saved):
+    """`pipeline(..., truncation=True)` cuts a too-long input to the model's max_position_embeddings (128 here)."""
+    assert json.loads((saved / "tokenizer_config.json").read_text())["model_max_length"] == 128
+    translator = pipeline("translation", model=str(saved), trust_remote_code=True)
+    assert translator("Ein Hund läuft über die Wiese. " * 60, truncation=True, num_beams=1, max_new_tokens=4)
