@@ -511,6 +511,11 @@ def main(argv=None) -> dict:
             if step % args.logging_steps == 0 or step == max_steps:
                 steps_logged = step % args.logging_steps or args.logging_steps
                 train_loss = accelerator.reduce(window_loss, "mean").item() / steps_logged
+                if step > args.warmup_steps and train_loss > 2 * math.log(unwrapped.config.vocab_size):
+                    raise SystemExit(diverged_message(
+                        f"the training loss is {train_loss:.3g} at step {step}, more than twice a uniform guess's "
+                        f"(ln {unwrapped.config.vocab_size} = {math.log(unwrapped.config.vocab_size):.2f})",
+                        scheduler.get_last_lr()[0], checkpoint_root))
                 tokens_per_second = window_tokens / window_seconds
                 accelerator.log({"train_loss": train_loss, "learning_rate": scheduler.get_last_lr()[0],
                                  "target_tokens": window_tokens, "target_tokens_per_second": tokens_per_second,
