@@ -8,6 +8,7 @@ and `README.md`, the model card rendered from `model_card.md` with those numbers
 """
 
 import argparse
+import copy
 import json
 import logging
 import string
@@ -79,6 +80,8 @@ def save_for_hub(folder: str | Path, model, tokenizer, results: dict,
         raise ValueError(f"The model's weights are not finite (NaN or infinity in {', '.join(non_finite[:3])}"
                          f"{', ...' if len(non_finite) > 3 else ''}): it diverged in training, and is not saved")
     record_tokenizer(model.config, tokenizer)
+    tokenizer = copy.deepcopy(tokenizer)  # saved with the model's length limit; the caller's keeps its own
+    tokenizer.model_max_length = model.config.max_position_embeddings  # `truncation=True` cuts to what the model takes
     TranslationPipeline(model=model, tokenizer=tokenizer).save_pretrained(folder)
     values = {**model_card_values(model), "model_name": folder.name, **results}
     if ctranslate2_quantization is not None:

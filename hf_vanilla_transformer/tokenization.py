@@ -87,8 +87,6 @@ def check_tokenizer_matches_model(tokenizer, config) -> None:
 
 def record_tokenizer(config, tokenizer) -> None:
     """Check that `tokenizer` can drive a model of `config`, then record its vocabulary's fingerprint there, so
-    that every later load can tell this tokenizer from any other, and give the tokenizer the model's length limit
-    (`truncation=True` then cuts inputs to what the model accepts)."""
+    that every later load can tell this tokenizer from any other."""
     check_tokenizer_matches_model(tokenizer, config)
     config.tokenizer_fingerprint = vocabulary_fingerprint(tokenizer)
-    tokenizer.model_max_length = config.max_position_embeddings
