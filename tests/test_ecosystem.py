@@ -29,6 +29,19 @@ RESULTS = {  # what a training run records for the model card
 SENTENCES = ["Ein Hund läuft über die Wiese.", "Zwei Männer stehen vor einem Haus."]
 
 
+def pipeline_without_the_package(folder, tmp_path, num_beams: int) -> list[dict]:
+    """`pipeline("translation", model=folder, trust_remote_code=True)(SENTENCES)` in a Python without the package."""
+    code = f"""
+import json
+from transformers import pipeline
+translator = pipeline("translation", model={str(folder)!r}, trust_remote_code=True)
+print(json.dumps(translator({SENTENCES!r}, num_beams={num_beams}, max_new_tokens=8)))
+"""
+    result = run_python(code, tmp_path, block_package=True)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 @pytest.fixture
 def hub_folder(tmp_path, tokenizer):
     torch.manual_seed(0)
@@ -75,15 +88,7 @@ def test_a_folder_saved_by_the_trainer_translates_through_the_pipeline(tmp_path,
     expected = translate(model.eval(), tokenizer, SENTENCES, num_beams=4, max_new_tokens=8)
     translator = pipeline("translation", model=str(folder), trust_remote_code=True)
     assert translator(SENTENCES, num_beams=4, max_new_tokens=8) == [{"translation_text": t} for t in expected]
-    code = f"""
-import json
-from transformers import pipeline
-translator = pipeline("translation", model={str(folder)!r}, trust_remote_code=True)
-print(json.dumps(translator({SENTENCES!r}, num_beams=4, max_new_tokens=8)))
-"""
-    result = run_python(code, tmp_path, block_package=True)
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == [{"translation_text": t} for t in expected]
+    assert pipeline_without_the_package(folder, tmp_path, num_beams=4) == [{"translation_text": t} for t in expected]
 
 
 def test_translation_pipeline_in_process(hub_folder, tokenizer):
@@ -108,15 +113,7 @@ def test_translation_pipeline_in_process(hub_folder, tokenizer):
 def test_translation_pipeline_and_remote_code_without_the_package(hub_folder, tokenizer, tmp_path):
     folder, model = hub_folder
     expected = translate(model, tokenizer, SENTENCES, num_beams=2, max_new_tokens=8)
-    code = f"""
-import json
-from transformers import pipeline
-translator = pipeline("translation", model={str(folder)!r}, trust_remote_code=True)
-print(json.dumps(translator({SENTENCES!r}, num_beams=2, max_new_tokens=8)))
-"""
-    result = run_python(code, tmp_path, block_package=True)
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == [{"translation_text": t} for t in expected]
+    assert pipeline_without_the_package(folder, tmp_path, num_beams=2) == [{"translation_text": t} for t in expected]
 
 
 def test_loading_by_repo_id_from_an_offline_hub_cache(hub_folder, tokenizer, tmp_path):
