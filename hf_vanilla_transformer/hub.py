@@ -30,7 +30,8 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 # What `save_for_hub` and a training run write: `push` uploads these and nothing else.
 UPLOADED_FILES = (*REQUIRED_FILES, *TOKENIZER_FILES, "README.md", "generation_config.json",
                   "configuration_vanilla_transformer.py", "modeling_vanilla_transformer.py",
-                  "pipeline_vanilla_transformer.py", "tokenization.py", "learning_curve.png", "attention.png",
+                  "pipeline_vanilla_transformer.py", "tokenization.py", "kernels.py", "decoding.py",
+                  "learning_curve.png", "attention.png",
                   *(f"{CTRANSLATE2_FOLDER}/{name}" for name in (
                       "model.bin", "config.json", "shared_vocabulary.json", *TOKENIZER_FILES, "generation_config.json",
                       "README.md")))

@@ -5,8 +5,9 @@ Section (§) and equation numbers refer to the paper (arXiv:1706.03762). The cla
 `SublayerConnection` (§3.1), `EncoderLayer`/`DecoderLayer` and their stacks (§3.1), the shared embeddings and
 pre-softmax projection (§3.4), and the label-smoothed loss (§5.4). The alternatives to §3.5 that
 `config.position_embedding_type` selects are here too: `LearnedPositionalEmbedding` (Table 3, row E),
-`RotaryPositionalEmbedding` (RoPE) and `ALiBi`. This file imports only torch, transformers, its configuration and
-(to declare it when saving) the translation pipeline, so that a saved model folder carries it as remote code.
+`RotaryPositionalEmbedding` (RoPE) and `ALiBi`. Beside its configuration, the file imports `kernels` (the loss
+and dropout of §5.4, computed faster), `decoding` (§6.1) and, to declare it when saving, the translation pipeline:
+all of them relatively, so that a saved model folder carries them as remote code.
 """
 
 import functools
@@ -21,7 +22,7 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
-from transformers.generation import LogitsProcessor, LogitsProcessorList
+from transformers.generation import LogitsProcessorList
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
@@ -37,6 +38,8 @@ from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_vanilla_transformer import VanillaTransformerConfig
+from .decoding import SourceLengthLimit, output_limits, set_paper_decoding
+from .kernels import Dropout, LabelSmoothedCrossEntropy
 
 
 # transformers 5.24 renamed the key-value cache, argument and output field alike, from `past_key_values` to `cache`.
@@ -87,61 +90,6 @@ def eager_attention_forward(
     weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
     output = torch.matmul(F.dropout(weights, p=dropout, training=module.training), value)  # (B, h, T, d_k)
     return output.transpose(1, 2).contiguous(), weights  # (B, T, h, d_k)
-
-
-class LabelSmoothedCrossEntropy(torch.autograd.Function):
-    """§5.4, label smoothing of value ε_ls: the summed cross-entropy of the logits (N, V) against the targets
-    smoothed to (1 - ε) · one-hot + ε / V, rows labelled -100 left out; `F.cross_entropy(..., label_smoothing=ε,
-    reduction="sum")`. Per row, the loss is -(1 - ε) · log p_target - ε · mean(log p) and its gradient
-    softmax(x) - (1 - ε) · one-hot - ε / V. Only the logits are kept for the backward pass, which recomputes the
-    softmax; on a CPU both passes go through the logits in blocks of rows small enough to stay in cache, which
-    makes the loss several times faster there than one pass after another over the whole (N, V) matrix."""
-
-    CPU_BLOCK_ELEMENTS = 2**19  # 2 MiB of float32 logits per block on a CPU; a GPU takes all rows at once
-
-    @staticmethod
-    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor, epsilon: float) -> torch.Tensor:
-        wide = torch.promote_types(logits.dtype, torch.float32)  # half-precision logits are summed in float32
-        rows = max(64, LabelSmoothedCrossEntropy.CPU_BLOCK_ELEMENTS // logits.shape[-1])
-        rows = rows if logits.device.type == "cpu" else logits.shape[0]
-        total = logits.new_zeros((), dtype=wide)
-        for block, block_labels in zip(logits.split(rows), labels.split(rows)):
-            log_probs = torch.log_softmax(block, dim=-1, dtype=wide)
-            losses = -(1.0 - epsilon) * log_probs.gather(-1, block_labels.clamp(min=0)[:, None]).squeeze(-1)
-            if epsilon:
-                losses -= epsilon * log_probs.mean(-1)
-            total += losses[block_labels != -100].sum()
-        ctx.save_for_backward(logits, labels)
-        ctx.epsilon, ctx.rows, ctx.wide = epsilon, rows, wide
-        return total
-
-    @staticmethod
-    def backward(ctx, grad_output: torch.Tensor):
-        logits, labels = ctx.saved_tensors
-        grad_logits = torch.empty_like(logits)
-        for start in range(0, logits.shape[0], ctx.rows):
-            rows = slice(start, start + ctx.rows)
-            grad = torch.softmax(logits[rows], dim=-1, dtype=ctx.wide)
-            if ctx.epsilon:
-                grad -= ctx.epsilon / logits.shape[-1]
-            targets = labels[rows].clamp(min=0)[:, None]
-            grad.scatter_add_(-1, targets, torch.full(targets.shape, ctx.epsilon - 1.0, dtype=grad.dtype,
-                                                      device=grad.device))
-            grad *= ((labels[rows] != -100) * grad_output)[:, None]
-            grad_logits[rows] = grad
-        return grad_logits, None, None
-
-
-class Dropout(nn.Dropout):
-    """§5.4: each element is zeroed with probability P_drop and the others scaled by 1 / (1 - P_drop), in training
-    only. On a CPU the mask is uniform noise ≥ P_drop, the same distribution as `torch.nn.Dropout`'s Bernoulli draw
-    from another random stream, and about 1.4× faster to draw there (a tenth of a CPU training step); elsewhere it
-    is `torch.nn.Dropout`."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0 or x.device.type != "cpu":
-            return super().forward(x)
-        return x * (torch.rand_like(x, dtype=torch.float32) >= self.p) * (1.0 / (1.0 - self.p))
 
 
 class SinusoidalPositionalEncoding(nn.Module):
@@ -676,8 +624,7 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
         else:
             self._tied_weights_keys = {"lm_head.weight": "model.decoder.embed_tokens.weight"}
         self.post_init()
-        self.generation_config.num_beams = 4
-        self.generation_config.length_penalty = 0.6
+        set_paper_decoding(self.generation_config)
 
     @can_return_tuple
     @takes_the_cache_by_either_name
@@ -753,34 +700,12 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
         if all(limit is None for limit in limits) and source is not None:
             mask = kwargs.get("attention_mask")
             source_lengths = mask.sum(-1) if mask is not None else torch.full(source.shape[:1], source.shape[1])
-            caps = (source_lengths + 50).clamp(max=self.config.max_position_embeddings - 1)
+            caps = output_limits(source_lengths, self.config.max_position_embeddings)
             kwargs["max_new_tokens"] = int(caps.max())
             start_length = kwargs["decoder_input_ids"].shape[1] if "decoder_input_ids" in kwargs else 1
             limit = SourceLengthLimit(caps, start_length, config.eos_token_id)
             logits_processor = LogitsProcessorList([*(logits_processor or []), limit])
         return super().generate(inputs, generation_config, logits_processor=logits_processor, **kwargs)
-
-
-class SourceLengthLimit(LogitsProcessor):
-    """§6.1: "maximum output length to input length + 50", per sentence: once sentence i has `max_new_tokens[i]` - 1
-    new tokens, only EOS may follow (a suppressed EOS too). Beams and returned sequences of a sentence are
-    consecutive rows, as `generate` lays them out."""
-
-    def __init__(self, max_new_tokens: torch.Tensor, start_length: int, eos_token_id: int | list[int]):
-        self.max_new_tokens = max_new_tokens
-        self.start_length = start_length
-        self.eos_token_id = eos_token_id[0] if isinstance(eos_token_id, list) else eos_token_id
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        caps = self.max_new_tokens.to(scores.device).repeat_interleave(scores.shape[0] // len(self.max_new_tokens))
-        at_limit = input_ids.shape[1] - self.start_length >= caps - 1  # (rows,): the next token is the last allowed
-        if not at_limit.any():  # nearly every step: no pass over the (rows, vocabulary) scores
-            return scores
-        eos = scores[:, self.eos_token_id]
-        eos = torch.where(eos.isfinite(), eos, torch.zeros_like(eos))
-        forced = torch.full_like(scores, float("-inf"))
-        forced[:, self.eos_token_id] = eos
-        return torch.where(at_limit[:, None], forced, scores)
 
 
 __all__ = [

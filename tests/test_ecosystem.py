@@ -163,8 +163,8 @@ def test_push_dry_run_lists_exactly_the_files_it_would_send(hub_folder, tmp_path
     assert result.returncode == 0, result.stderr
     listed = [line.strip() for line in result.stdout.split("README.md:")[0].splitlines()[1:] if line.strip()]
     assert listed == sorted([
-        "README.md", "config.json", "configuration_vanilla_transformer.py", "generation_config.json",
-        "model.safetensors", "modeling_vanilla_transformer.py", "pipeline_vanilla_transformer.py", "tokenizer.json",
+        "README.md", "config.json", "configuration_vanilla_transformer.py", "decoding.py", "generation_config.json",
+        "kernels.py", "model.safetensors", "modeling_vanilla_transformer.py", "pipeline_vanilla_transformer.py", "tokenizer.json",
         "tokenizer_config.json", "tokenization.py", "training_results.json"])
     assert "Not uploaded (not files this package writes): checkpoints/, learning_curve.png, notes.txt" in result.stderr
     assert 'pipeline("translation", model="someone/vanilla-de-en", trust_remote_code=True)' in result.stdout

@@ -9,13 +9,8 @@ from transformers import AutoModel, AutoModelForSeq2SeqLM, EncoderDecoderCache
 from transformers.modeling_outputs import Seq2SeqLMOutput
 
 from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration, VanillaTransformerModel
-from hf_vanilla_transformer.modeling_vanilla_transformer import (
-    CACHE_NAME,
-    Dropout,
-    LabelSmoothedCrossEntropy,
-    SinusoidalPositionalEncoding,
-    shift_tokens_right,
-)
+from hf_vanilla_transformer.kernels import Dropout, LabelSmoothedCrossEntropy
+from hf_vanilla_transformer.modeling_vanilla_transformer import CACHE_NAME, SinusoidalPositionalEncoding, shift_tokens_right
 
 
 def batch(seed=0, batch_size=3, source_length=9, target_length=7, vocab=600):
