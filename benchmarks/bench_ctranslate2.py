@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from hf_vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration  # noqa: E402
-from hf_vanilla_transformer.export import export_ctranslate2  # noqa: E402
+from hf_vanilla_transformer.ctranslate2_backend import export_ctranslate2  # noqa: E402
 from hf_vanilla_transformer.metrics import corpus_bleu  # noqa: E402
 from hf_vanilla_transformer.translate import load_translator, translate  # noqa: E402
 from training.data import load_translation_dataset  # noqa: E402

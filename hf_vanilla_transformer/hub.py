@@ -17,6 +17,8 @@ from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, HfApi
 
+from .ctranslate2_backend import export_ctranslate2
+from .decoding import EXTRA_OUTPUT_TOKENS, LENGTH_PENALTY, NUM_BEAMS
 from .pipeline_vanilla_transformer import TranslationPipeline
 from .tokenization import record_tokenizer
 
@@ -62,12 +64,16 @@ def model_card_values(model) -> dict:
         "positions": POSITIONS[config.position_embedding_type],
         "vocab_size": config.vocab_size,
         "parameters": f"{model.num_parameters() / 1e6:.1f}M",
+        "generation_num_beams": model.generation_config.num_beams,
+        "generation_length_penalty": model.generation_config.length_penalty,
     }
 
 
 def render_model_card(values: dict, template: str | Path = MODEL_CARD_TEMPLATE) -> str:
     """`model_card.md` with its `${name}` fields filled from `values`; a missing value raises `KeyError`."""
-    values = {"repo_id": f"your-username/{values.get('model_name', 'model')}", "ctranslate2_usage": "", **values}
+    values = {"repo_id": f"your-username/{values.get('model_name', 'model')}", "ctranslate2_usage": "",
+              "extra_output_tokens": EXTRA_OUTPUT_TOKENS, "generation_num_beams": NUM_BEAMS,
+              "generation_length_penalty": LENGTH_PENALTY, **values}  # the last three: folders saved before them
     return string.Template(Path(template).read_text()).substitute(values)
 
 
@@ -86,8 +92,6 @@ def save_for_hub(folder: str | Path, model, tokenizer, results: dict,
     TranslationPipeline(model=model, tokenizer=tokenizer).save_pretrained(folder)
     values = {**model_card_values(model), "model_name": folder.name, **results}
     if ctranslate2_quantization is not None:
-        from .export import export_ctranslate2
-
         export_ctranslate2(folder, folder / CTRANSLATE2_FOLDER, ctranslate2_quantization, force=True)
         values["ctranslate2_usage"] = CTRANSLATE2_USAGE.format(
             folder=CTRANSLATE2_FOLDER, quantization=ctranslate2_quantization,

@@ -1,4 +1,4 @@
-"""Translate a split with a saved model and print its sacreBLEU (§6.1: beam 4, length penalty 0.6).
+"""Translate a split with a saved model and print its sacreBLEU (with the model's decoding: §6.1's by default).
 
     python -m training.evaluate_bleu --model outputs/multi30k-de-en/model --split test
     python -m training.evaluate_bleu --model outputs/multi30k-de-en/model/ctranslate2 --backend ctranslate2
@@ -7,9 +7,11 @@
 import argparse
 import json
 
+from hf_vanilla_transformer.cli import positive_int
 from hf_vanilla_transformer.metrics import corpus_bleu
-from hf_vanilla_transformer.translate import BACKENDS, load_translator, positive_int, translate
-from training.data import DataError, load_translation_dataset
+from hf_vanilla_transformer.translate import BACKENDS, load_translator, translate
+
+from .data import DataError, load_translation_dataset
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -22,18 +24,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--dataset_config_name", default=None)
     parser.add_argument("--test_file", default=None, help="a local file for --split test (.tsv, .jsonl or a prefix)")
     parser.add_argument("--max_samples", type=positive_int, default=None)
-    parser.add_argument("--num_beams", type=positive_int, default=4)
-    parser.add_argument("--length_penalty", type=float, default=0.6)
+    parser.add_argument("--num_beams", type=positive_int, default=None, help="default: the model's (§6.1: 4)")
+    parser.add_argument("--length_penalty", type=float, default=None, help="default: the model's (§6.1: 0.6)")
     parser.add_argument("--batch_size", type=positive_int, default=64)
     parser.add_argument("--device", default=None)
     parser.add_argument("--backend", choices=BACKENDS, default="transformers",
-                        help="ctranslate2: --model is a folder exported by `hf_vanilla_transformer.export`")
+                        help="ctranslate2: --model is a folder exported by `hf_vanilla_transformer.ctranslate2_backend`")
     parser.add_argument("--output_file", default=None, help="write the translations here, one a line")
     args = parser.parse_args(argv)
 
     try:
         model, tokenizer = load_translator(args.model, args.device, args.backend)
-    except (OSError, ValueError) as error:
+    except (ImportError, OSError, ValueError) as error:
         parser.error(f"--model {args.model}: {error}")
     source_lang = args.source_lang or model.config.src_lang
     target_lang = args.target_lang or model.config.tgt_lang
@@ -49,15 +51,16 @@ def main(argv: list[str] | None = None) -> dict:
     pairs = splits[args.split]["translation"][: args.max_samples]
     sources, references = [p[source_lang] for p in pairs], [p[target_lang] for p in pairs]
 
-    hypotheses = translate(model, tokenizer, sources, args.batch_size, num_beams=args.num_beams,
-                           length_penalty=args.length_penalty)
+    decoding = {"num_beams": args.num_beams or model.generation_config.num_beams,
+                "length_penalty": model.generation_config.length_penalty if args.length_penalty is None
+                else args.length_penalty}
+    hypotheses = translate(model, tokenizer, sources, args.batch_size, **decoding)
     bleu = corpus_bleu(hypotheses, references)
     if args.output_file:
         with open(args.output_file, "w", encoding="utf-8") as file:
             file.write("\n".join(hypotheses) + "\n")
     result = {"split": args.split, "sentences": len(sources), "bleu": round(bleu["score"], 2),
-              "signature": bleu["signature"], "num_beams": args.num_beams, "length_penalty": args.length_penalty,
-              "backend": args.backend}
+              "signature": bleu["signature"], **decoding, "backend": args.backend}
     print(json.dumps(result))
     return result
 
