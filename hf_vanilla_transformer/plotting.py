@@ -52,7 +52,7 @@ def plot_attention(model, tokenizer, source: str, target: str | None = None, pat
                                 dpi=dpi, squeeze=False)
     for row, (kind, layer) in enumerate(rows):
         field, query_side, key_side = KINDS[kind]
-        weights = getattr(output, field)[layer][0].float().cpu()  # (heads, queries, keys)
+        weights = getattr(output, field)[layer][0].float().cpu().numpy()  # (heads, queries, keys)
         for column, head in enumerate(heads):
             axis = axes[row][column]
             axis.imshow(weights[head], cmap="viridis", vmin=0.0, vmax=1.0)
