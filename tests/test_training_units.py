@@ -16,7 +16,7 @@ from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration
 from hf_vanilla_transformer.metrics import bleu_compute_metrics, corpus_bleu, load_bleu
 from training import checkpoints
 from training.data import DataError, TokenBatchSampler, load_translation_dataset, tokenize
-from training.train import paper_optimizer
+from training.recipe import paper_optimizer
 
 
 def sampler_lengths(n=1000, seed=0):
@@ -138,7 +138,7 @@ def test_a_full_disk_while_checkpointing_names_the_folder_and_keeps_earlier_chec
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1536 vs 1430")
 
     monkeypatch.setattr(accelerator, "save_state", disk_full)
-    with pytest.raises(SystemExit, match=f"No space left on device at {tmp_path}.*step 20.*step-00000010"):
+    with pytest.raises(OSError, match=f"No space left on device at {tmp_path}.*step 20.*step-00000010"):
         checkpoints.save_checkpoint(accelerator, tmp_path, 20, {"epoch": 0, "batches_done": 20}, keep=2)
     assert [p.name for p in tmp_path.iterdir()] == ["step-00000010"]  # no half-written folder left
     assert checkpoints.checkpoint_problem(tmp_path / "step-00000010") is None

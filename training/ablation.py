@@ -30,7 +30,7 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from hf_vanilla_transformer import VanillaTransformerConfig
 from hf_vanilla_transformer.metrics import corpus_bleu, load_bleu
-from training.data import load_translation_dataset
+from .data import load_translation_dataset
 
 logger = logging.getLogger("training.ablation")
 
@@ -93,7 +93,7 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
 def train_command(args, variant: Variant, run_dir: Path, train_args: list[str]) -> list[str]:
     """One `training.train` run: the shared budget, checkpoints averaged over its last fifth, no greedy BLEU
     during training (the validation loss is still logged each epoch)."""
-    command = shlex.split(args.launcher) + ["training.train", "--output_dir", str(run_dir),
+    command = shlex.split(args.launcher) + [f"{__package__}.train", "--output_dir", str(run_dir),
                                             "--max_steps", str(args.max_steps),
                                             "--checkpointing_steps", str(max(1, args.max_steps // 25)),
                                             "--average_checkpoints", "5", "--eval_bleu_samples", "0",

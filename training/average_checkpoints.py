@@ -12,7 +12,7 @@ from pathlib import Path
 from transformers import AutoTokenizer
 
 from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration
-from training.checkpoints import load_average, usable_checkpoints
+from .checkpoints import load_average, usable_checkpoints
 
 
 def main(argv: list[str] | None = None) -> Path:

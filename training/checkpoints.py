@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from accelerate.utils import gather_object
 from accelerate.utils import load as load_accelerate_file
 from safetensors import safe_open
 from safetensors.torch import load_file
@@ -81,7 +82,7 @@ def step_of(path: Path) -> int:
 def save_checkpoint(accelerator, root: str | os.PathLike, step: int, state: dict, keep: int) -> Path:
     """Write the training state for `step` atomically and keep only the newest `keep` checkpoints, this one always.
 
-    A full disk stops the run with a message naming the folder; the checkpoints already written stay intact.
+    A full disk raises an `OSError` whose message names the folder; the checkpoints already written stay intact.
     """
     root = Path(root)
     final = root / f"{PREFIX}{step:08d}"
@@ -106,9 +107,9 @@ def save_checkpoint(accelerator, root: str | os.PathLike, step: int, state: dict
         if not disk_is_full(error, root):
             raise
         kept = ", ".join(p.name for p in checkpoint_dirs(root)) or "none"
-        raise SystemExit(f"No space left on device at {root}: the checkpoint of step {step} was not written "
-                         f"(intact checkpoints: {kept}). Free some space, then resume with "
-                         "--resume_from_checkpoint latest.") from None
+        raise OSError(f"No space left on device at {root}: the checkpoint of step {step} was not written "
+                      f"(intact checkpoints: {kept}). Free some space, then resume with "
+                      "--resume_from_checkpoint latest.") from None
     if accelerator.is_main_process and not state.get("interrupted"):
         # A checkpoint written off the schedule (the run was stopped) goes once a scheduled one follows it, and never
         # counts among the `keep`: a stopped and resumed run keeps and averages the checkpoints of an unstopped one.
@@ -231,3 +232,53 @@ def load_average(model, paths: list[str | os.PathLike]) -> None:
     missing = [name for name, p in model.named_parameters() if p.data_ptr() not in loaded]
     if unexpected or missing:
         raise ValueError(f"The checkpoints do not fit the model: missing {missing}, unexpected {unexpected}")
+
+
+def resume(requested: str, root: Path, accelerator, model, layout: dict) -> dict:
+    """Load the newest usable checkpoint under `root` (or the one named) and return its state (step, epoch,
+    batches done); with none usable, the state of a fresh start.
+
+    A checkpoint that is damaged, cannot be read, or holds another model's weights is set aside (renamed, so that
+    `--keep_checkpoints` and averaging never count it), and so are those newer than the one resumed. One written
+    with another data `layout` (process count, accumulation, batch size, seed, data) raises `ValueError`.
+    """
+    candidates = [Path(requested)] if requested != "latest" else list(reversed(checkpoint_dirs(root)))
+    partly_loaded = False
+    for path in candidates:
+        problem = checkpoint_problem(path) or weights_problem(path, model)
+        if problem is None:
+            state = read_state(path)
+            check_layout(path, state.get("layout"), layout)
+            rng_problems = gather_object([rng_state_problem(path, accelerator.process_index)])
+            problem = next(filter(None, rng_problems), None)
+        if problem is None:
+            try:
+                accelerator.load_state(str(path))
+            except Exception as error:  # a file that passed its checksum but still cannot be read
+                problem, partly_loaded = f"it cannot be loaded ({error})", True
+        if problem is None:
+            logger.info("Resumed from %s (step %d, epoch %d)", path, state["step"], state["epoch"])
+            for newer in checkpoint_dirs(root):
+                if step_of(newer) > state["step"]:
+                    set_aside(newer, f"it is newer than {path.name}, the checkpoint resumed", accelerator)
+            accelerator.wait_for_everyone()
+            return state
+        if requested != "latest":
+            raise ValueError(f"Cannot resume from {requested}: {problem}")
+        set_aside(path, problem, accelerator)
+    accelerator.wait_for_everyone()
+    if partly_loaded:
+        raise ValueError(f"No checkpoint under {root} could be loaded, and one was loaded in part: start afresh with "
+                         "--overwrite_output_dir")
+    logger.warning("No usable checkpoint under %s: starting from scratch", root)
+    return {"step": 0, "epoch": 0, "batches_done": 0}
+
+
+def check_layout(path: Path, saved: dict | None, current: dict) -> None:
+    """Refuse to resume a checkpoint whose batches were laid out otherwise: its position would be another one."""
+    differences = [f"{name} {saved[name]} (now {current[name]})" for name in current
+                   if saved is not None and name in saved and saved[name] != current[name]]
+    if differences:
+        raise ValueError(f"Cannot resume from {path}: it was written with {', '.join(differences)}, and where an epoch "
+                         "stands depends on these. Resume with the same settings (e.g. `accelerate launch "
+                         f"--num_processes {saved['num_processes']}`), or start a new run in another --output_dir.")

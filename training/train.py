@@ -8,9 +8,9 @@ Multi-node, FSDP and DeepSpeed come from `accelerate config`, with no change her
 Hub-ready folder with the averaged final weights, the tokenizer, the model card and the learning curve.
 """
 
+
 import argparse
 import importlib.util
-import json
 import logging
 import math
 import shutil
@@ -19,38 +19,37 @@ import threading
 import time
 from collections import defaultdict
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import gather_object, set_seed
+from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import AutoTokenizer, DataCollatorForSeq2Seq, get_inverse_sqrt_schedule
+from transformers import DataCollatorForSeq2Seq
 
-from hf_vanilla_transformer import (
-    VanillaTransformerConfig,
-    VanillaTransformerForConditionalGeneration,
-    plot_attention,
-    record_tokenizer,
-    train_tokenizer,
-)
-from hf_vanilla_transformer.export import QUANTIZATIONS, import_ctranslate2
+from hf_vanilla_transformer import plot_attention
+from hf_vanilla_transformer.cli import positive_int
+from hf_vanilla_transformer.ctranslate2_backend import QUANTIZATIONS, import_ctranslate2
 from hf_vanilla_transformer.hub import save_for_hub
 from hf_vanilla_transformer.metrics import corpus_bleu, load_bleu
-from hf_vanilla_transformer.translate import load_model, positive_int, translate
-from training import checkpoints
-from training.data import DataError, TokenBatchSampler, load_translation_dataset, tokenize
-from training.tracking import JSONLTracker, plot_learning_curve, truncate_log
+
+from . import checkpoints
+from .build import DEFAULT_VOCAB_SIZE, PRESETS, build_model, build_tokenizer
+from .data import DataError, TokenBatchSampler, load_translation_dataset, tokenize
+from .evaluation import translate_split, validation_loss
+from .recipe import paper_learning_rate, paper_optimizer
+from .tracking import JSONLTracker, plot_learning_curve, truncate_log
 
 logger = logging.getLogger("training.train")
 
 # Everything a run writes into --output_dir; --overwrite_output_dir removes all of it.
 RUN_OUTPUTS = ("checkpoints", "tokenizer", "logs", "model", "learning_curve.png", "attention.png", "translations.txt")
-DEFAULT_VOCAB_SIZE = 6000
-PRESETS = {"tiny": VanillaTransformerConfig.tiny, "small": VanillaTransformerConfig.small,
-           "base": VanillaTransformerConfig.base, "big": VanillaTransformerConfig.big}
+STOP_REQUESTED = threading.Event()  # set by SIGTERM
+MAX_LOG_PERPLEXITY = 700.0  # math.exp overflows a float past ~709.8
+MAX_NON_FINITE_STEPS = 10  # updates skipped in a row for a non-finite gradient before the run stops
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -109,8 +108,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     evaluation.add_argument("--eval_bleu_samples", type=int, default=500,
                             help="validation sentences translated (greedily) for the BLEU logged during training")
     evaluation.add_argument("--eval_split", default="test", help="the split of the final BLEU (§6.1: newstest2014)")
-    evaluation.add_argument("--num_beams", type=positive_int, default=4)
-    evaluation.add_argument("--length_penalty", type=float, default=0.6)
+    evaluation.add_argument("--num_beams", type=positive_int, default=None,
+                            help="beam size of the final BLEU; default: the model's (§6.1: 4)")
+    evaluation.add_argument("--length_penalty", type=float, default=None,
+                            help="length penalty of the final BLEU; default: the model's (§6.1: 0.6)")
     evaluation.add_argument("--logging_steps", type=positive_int, default=20)
     evaluation.add_argument("--with_tracking", action=argparse.BooleanOptionalAction, default=True,
                             help="log to the trackers of --report_to besides the JSONL log")
@@ -132,173 +133,429 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-STOP_REQUESTED = threading.Event()  # set by SIGTERM
-MAX_LOG_PERPLEXITY = 700.0  # math.exp overflows a float past ~709.8
-MAX_NON_FINITE_STEPS = 10  # updates skipped in a row for a non-finite gradient before the run stops
+
+class RunStopped(Exception):
+    """The run cannot go on; the message says why and what to do. `cli` prints it and exits with status 1."""
 
 
-def diverged_message(what: str, learning_rate: float, checkpoint_root: Path) -> str:
-    kept = ", ".join(p.name for p in checkpoints.checkpoint_dirs(checkpoint_root)) or "none"
-    return (f"Training diverged: {what} (learning rate {learning_rate:.2e}), so the run stops without saving a model. "
-            f"Lower --learning_rate or clip with --max_grad_norm, then start afresh with --overwrite_output_dir, or "
-            f"resume an intact checkpoint ({kept}) with --resume_from_checkpoint.")
+@dataclass
+class Run:
+    """What the phases of a run share: its arguments and Accelerator, the data, the model and its optimisation,
+    and where training stands (`step`, `epoch`, `batches_done`: the batches of this epoch already trained on)."""
+
+    args: argparse.Namespace
+    accelerator: Accelerator
+    output: Path
+    phases: defaultdict = field(default_factory=lambda: defaultdict(float))  # minutes per phase of the job
+    started: float = field(default_factory=time.time)
+    lock: object = None  # the output folder's lock, held while the run lives (main process)
+    raw: dict = None  # the text pairs of each split
+    data: dict = None  # the tokenized pairs of each split
+    too_long: dict = None  # per split, the pairs left out for being longer than the model's positions
+    bleu_pairs: list = None  # the validation pairs translated for the BLEU logged during training
+    bleu_metric: object = None
+    tokenizer: object = None
+    model: torch.nn.Module = None  # as Accelerate prepared it (wrapped for DDP with several processes)
+    unwrapped: torch.nn.Module = None  # the model itself
+    collator: DataCollatorForSeq2Seq = None
+    train_loader: DataLoader = None
+    optimizer: torch.optim.Optimizer = None
+    scheduler: object = None
+    learning_rate: float = 0.0  # the peak
+    steps_per_epoch: int = 0
+    max_steps: int = 0
+    layout: dict = None  # what the position within an epoch depends on: a checkpoint resumes only under the same
+    step: int = 0
+    epoch: int = 0
+    batches_done: int = 0
+
+    @property
+    def checkpoint_root(self) -> Path:
+        return self.output / "checkpoints"
 
 
-# What continuing to train a saved model may change; the rest is its architecture, fixed by its weights.
-TRAINING_FIELDS = {"dropout", "attention_dropout", "activation_dropout", "label_smoothing", "src_lang", "tgt_lang"}
+def main(argv=None) -> dict:
+    """The run, phase after phase; returns what `model/training_results.json` holds."""
+    run = start(parse_args(argv))
+    with run.accelerator.main_process_first():  # the main process prepares (and caches) data and tokenizer first
+        load_data(run)
+        build(run)
+        tokenize_data(run)
+    prepare_training(run)
+    train(run)
+    results = evaluate(run)
+    save(run, results)
+    return results
 
 
-def build_model(args, tokenizer, device: torch.device) -> VanillaTransformerForConditionalGeneration:
-    """A new model of `--config_name` for `tokenizer`, or the saved `--model_name_or_path` with the training
-    fields of the command line applied (other changes are refused)."""
-    overrides = dict(label_smoothing=args.label_smoothing, src_lang=args.source_lang, tgt_lang=args.target_lang)
-    overrides.update(parse_config_overrides(args.config_overrides))
-    if args.dropout is not None:
-        overrides["dropout"] = args.dropout
-    attn_implementation = args.attn_implementation or ("eager" if device.type == "cpu" else "sdpa")
-    if args.model_name_or_path:
-        try:
-            saved = VanillaTransformerConfig.from_pretrained(args.model_name_or_path)
-        except (OSError, ValueError) as error:
-            raise SystemExit(f"error: --model_name_or_path {args.model_name_or_path}: {error}") from None
-        fixed = [f"{name}={value!r} (the model has {getattr(saved, name)!r})" for name, value in overrides.items()
-                 if name not in TRAINING_FIELDS and value != getattr(saved, name)]
-        if fixed:
-            raise SystemExit(f"--model_name_or_path {args.model_name_or_path}: continuing to train keeps the saved "
-                             f"architecture, so {', '.join(fixed)} cannot apply; only {', '.join(sorted(TRAINING_FIELDS))} "
-                             "can change. Train a new model (--config_name) to change the others.")
-        try:
-            model = load_model(args.model_name_or_path, attn_implementation=attn_implementation, **overrides)
-        except OSError as error:
-            raise SystemExit(f"error: --model_name_or_path {args.model_name_or_path}: {error}") from None
-        own_tokenizer = Path(args.model_name_or_path, "tokenizer.json")
-        if model.config.tokenizer_fingerprint is None and args.tokenizer_name and own_tokenizer.is_file():
-            record_tokenizer(model.config, AutoTokenizer.from_pretrained(args.model_name_or_path))  # an older folder
-    else:
-        overrides.update(
-            vocab_size=len(tokenizer),
-            pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            decoder_start_token_id=tokenizer.bos_token_id,
-            attn_implementation=attn_implementation,
-        )
-        config_name = args.config_name or "small"
-        try:
-            if config_name in PRESETS:
-                config = PRESETS[config_name](**overrides)
-            else:
-                config = VanillaTransformerConfig.from_pretrained(config_name, **overrides)
-        except (OSError, ValueError, TypeError) as error:
-            raise SystemExit(f"error: --config_name {config_name}: {error}") from None
-        model = VanillaTransformerForConditionalGeneration(config)
+def cli(argv=None) -> None:
+    """The command line: SIGTERM (what schedulers and spot instances send before they kill) ends the run after the
+    current step, with a checkpoint to resume from; a run that cannot go on exits with its message."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: STOP_REQUESTED.set())
     try:
-        record_tokenizer(model.config, tokenizer)
-    except ValueError as error:
-        raise SystemExit(f"--tokenizer_name {args.tokenizer_name or args.model_name_or_path}: {error}") from None
-    return model
+        main(argv)
+    except RunStopped as error:
+        raise SystemExit(str(error)) from None
 
 
-def parse_config_overrides(text: str | None) -> dict:
-    """`FIELD=VALUE,...` as keyword arguments, each value of its field's type."""
-    defaults, overrides = VanillaTransformerConfig(), {}
-    for item in filter(None, (text or "").split(",")):
-        name, separator, value = item.partition("=")
-        if not separator or name not in VanillaTransformerConfig.__dataclass_fields__:
-            raise SystemExit(f"--config_overrides: {item!r} is not FIELD=VALUE for a field of VanillaTransformerConfig")
-        default = getattr(defaults, name)
-        if isinstance(default, bool):
-            overrides[name] = value.lower() in ("true", "1", "yes")
-        elif default is not None:
-            try:
-                overrides[name] = type(default)(value)
-            except ValueError:
-                raise SystemExit(f"--config_overrides: {name}={value!r} is not a {type(default).__name__}") from None
-        else:  # a field that may be None: a number, null, or else text
-            try:
-                overrides[name] = json.loads(value)
-            except json.JSONDecodeError:
-                overrides[name] = value
-    return overrides
-
-
-# The arguments that decide the run's tokenizer, recorded beside it: a resumed run must give the same.
-TOKENIZER_ORIGIN = ("tokenizer_name", "model_name_or_path", "vocab_size", "dataset_name", "dataset_config_name",
-                    "train_file", "source_lang", "target_lang", "max_train_samples")
-ORIGIN_NAME = "run_arguments.json"
-
-
-def load_or_train_tokenizer(args, raw, output: Path):
-    """The run's tokenizer, saved as OUTPUT/tokenizer: the one saved there already (a resumed run), else
-    `--tokenizer_name`, else the continued model's own, else a BPE vocabulary learned on the training data."""
-    saved = output / "tokenizer"
-    origin = {name: getattr(args, name) for name in TOKENIZER_ORIGIN}
-    if not (args.tokenizer_name or args.model_name_or_path):
-        origin["vocab_size"] = args.vocab_size or DEFAULT_VOCAB_SIZE
-    if (saved / "tokenizer.json").is_file():
-        recorded = json.loads((saved / ORIGIN_NAME).read_text()) if (saved / ORIGIN_NAME).is_file() else origin
-        changed = [f"--{name} {origin[name]} (was {recorded.get(name)})" for name in origin
-                   if recorded.get(name) != origin[name]]
-        if changed:
-            raise SystemExit(f"{output} holds the tokenizer of a run with other data or vocabulary: "
-                             f"{', '.join(changed)}. Resume with the same arguments, or pass --overwrite_output_dir "
-                             "to start afresh.")
-        return AutoTokenizer.from_pretrained(saved)
-    if args.tokenizer_name or args.model_name_or_path:
-        name = args.tokenizer_name or args.model_name_or_path
+def start(args) -> Run:
+    """The Accelerator, logging and the output folder (locked; an earlier run's outputs kept or removed)."""
+    if args.mixed_precision == "auto":
+        args.mixed_precision = native_mixed_precision()
+    output = Path(args.output_dir)
+    trackers = [JSONLTracker(output / "logs" / "log.jsonl")]
+    if args.with_tracking:
+        trackers += args.report_to.split(",")
+    accelerator = Accelerator(mixed_precision=args.mixed_precision, log_with=trackers,
+                              project_dir=str(output / "logs"), step_scheduler_with_optimizer=False)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)  # "Removed shared tensor": the tied embeddings
+    if accelerator.is_main_process:
+        logging.getLogger("training").setLevel(logging.INFO)
+    logger.info("%s; %d process(es) on %s; mixed precision: %s", accelerator.distributed_type,
+                accelerator.num_processes, accelerator.device, accelerator.mixed_precision)
+    run = Run(args, accelerator, output)
+    if args.export_ctranslate2:
         try:
-            tokenizer = AutoTokenizer.from_pretrained(name)
-        except (OSError, ValueError) as error:
-            raise SystemExit(f"No tokenizer in {name} ({error}): pass --tokenizer_name") from None
+            import_ctranslate2()  # now, not after training
+        except ImportError as error:
+            raise RunStopped(f"--export_ctranslate2: {error}") from None
+    set_seed(args.seed, device_specific=True)
+    if accelerator.is_main_process:
+        try:
+            run.lock = checkpoints.lock_output_dir(output)  # held until the process ends
+        except RuntimeError as error:
+            raise RunStopped(f"error: {error}") from None
+    earlier = [name for name in RUN_OUTPUTS if (output / name).exists()]
+    if args.resume_from_checkpoint is None and earlier:
+        if not args.overwrite_output_dir:
+            raise RunStopped(f"{output} holds an earlier run ({', '.join(earlier)}): resume it with "
+                             "--resume_from_checkpoint latest, or pass --overwrite_output_dir to start afresh")
+        if accelerator.is_main_process:  # a clean start: no old log, tokenizer, checkpoint or model survives
+            for name in earlier:
+                (shutil.rmtree if (output / name).is_dir() else Path.unlink)(output / name)
+        accelerator.wait_for_everyone()
+    return run
+
+
+def load_data(run: Run) -> None:
+    """The text pairs of each split (`--max_*_samples` of them) and the run's tokenizer."""
+    args = run.args
+    try:
+        raw = load_translation_dataset(args.source_lang, args.target_lang, args.dataset_name,
+                                       args.dataset_config_name, args.train_file, args.validation_file, args.test_file)
+    except DataError as error:
+        raise RunStopped(f"error: {error}") from None
+    if "train" not in raw:
+        raise RunStopped(f"The data has no train split (only {sorted(raw)}): pass --train_file or a dataset with one")
+    if args.max_train_samples:
+        raw["train"] = raw["train"].select(range(min(args.max_train_samples, len(raw["train"]))))
+    for split in set(raw) - {"train"}:
+        if args.max_eval_samples:
+            raw[split] = raw[split].select(range(min(args.max_eval_samples, len(raw[split]))))
+    run.raw = raw
+    try:
+        run.tokenizer = build_tokenizer(args, raw["train"], run.output / "tokenizer")
+    except (OSError, ValueError) as error:
+        raise RunStopped(str(error)) from None
+
+
+def build(run: Run) -> None:
+    """The model: a new one of `--config_name`, or the saved `--model_name_or_path`."""
+    try:
+        run.model = build_model(run.args, run.tokenizer, run.accelerator.device)
+    except (OSError, ValueError) as error:
+        raise RunStopped(f"error: {error}") from None
+
+
+def tokenize_data(run: Run) -> None:
+    """Token ids of every split; pairs longer than the model's positions are left out, and counted."""
+    args, raw, max_length = run.args, run.raw, run.model.config.max_position_embeddings
+    run.data = {split: tokenize(raw[split], run.tokenizer, args.source_lang, args.target_lang, max_length)
+                for split in raw}
+    run.too_long = {split: len(raw[split]) - len(run.data[split]) for split in raw}
+    if args.max_train_source_tokens:
+        run.data["train"] = run.data["train"].filter(lambda ids: len(ids) <= args.max_train_source_tokens,
+                                                     input_columns="input_ids", desc="Keeping short sources")
+        logger.info("Training on the %d pairs whose source has at most %d tokens", len(run.data["train"]),
+                    args.max_train_source_tokens)
+    for split, count in run.too_long.items():
+        if count:
+            logger.warning("%d pairs of %r are longer than max_position_embeddings=%d tokens: left out of training "
+                           "and the validation loss; BLEU translates their truncated sources", count, split, max_length)
+
+
+def prepare_training(run: Run) -> None:
+    """§5.1's token batches, §5.3's optimizer and schedule, Accelerate's preparation, and the resumed state."""
+    args, accelerator = run.args, run.accelerator
+    # §5.1: batches of about `max_tokens` tokens per process, by approximate length.
+    try:
+        sampler = TokenBatchSampler(run.data["train"]["length"], args.max_tokens, args.seed,
+                                    accelerator.num_processes, accelerator.process_index,
+                                    args.gradient_accumulation_steps)
+    except ValueError as error:
+        raise RunStopped(f"error: the training data: {error}") from None
+    run.collator = DataCollatorForSeq2Seq(run.tokenizer, label_pad_token_id=-100,
+                                          pad_to_multiple_of=8 if accelerator.device.type == "cuda" else None)
+    # Its own generator keeps the loader from drawing on the global RNG, which resuming must replay exactly.
+    run.train_loader = DataLoader(run.data["train"].remove_columns("length"), batch_sampler=sampler,
+                                  collate_fn=run.collator, generator=torch.Generator())
+    run.steps_per_epoch = len(sampler) // args.gradient_accumulation_steps
+    run.max_steps = args.max_steps or math.ceil(args.num_train_epochs * run.steps_per_epoch)
+
+    optimizer, scheduler = paper_optimizer(run.model, args.warmup_steps, args.learning_rate)
+    run.learning_rate = optimizer.defaults["lr"]
+    run.model, run.optimizer, run.scheduler = accelerator.prepare(run.model, optimizer, scheduler)
+    # Mixed precision through `accelerator.autocast()` around each forward, without the wrapper that also copies
+    # every output to float32: the loss is computed inside the model, and nothing reads a float32 copy of the logits.
+    run.unwrapped = accelerator.unwrap_model(run.model, keep_fp32_wrapper=False)
+
+    run.layout = {"num_processes": accelerator.num_processes,
+                  "gradient_accumulation_steps": args.gradient_accumulation_steps, "max_tokens": args.max_tokens,
+                  "seed": args.seed, "train_pairs": len(run.data["train"])}
+    if args.resume_from_checkpoint:
+        try:
+            state = checkpoints.resume(args.resume_from_checkpoint, run.checkpoint_root, accelerator, run.unwrapped,
+                                       run.layout)
+        except ValueError as error:
+            raise RunStopped(str(error)) from None
+        run.step, run.epoch, run.batches_done = state["step"], state["epoch"], state["batches_done"]
+        if accelerator.is_main_process:
+            truncate_log(run.output / "logs" / "log.jsonl", run.step)  # the killed run's records after the checkpoint
+    hparams = {**vars(args), "learning_rate": run.learning_rate, "num_processes": accelerator.num_processes,
+               "distributed_type": accelerator.distributed_type.value,
+               "max_steps": run.max_steps, "parameters": run.unwrapped.num_parameters()}
+    accelerator.init_trackers("train", config={k: v for k, v in hparams.items() if v is not None})
+    if run.step == 0:
+        accelerator.log({f"{split}_pairs_too_long": count for split, count in run.too_long.items()}, step=0)
+    run.bleu_pairs = run.raw["validation"]["translation"][: args.eval_bleu_samples] if "validation" in run.data else []
+    run.bleu_metric = load_bleu()
+    paper_peak = paper_learning_rate(run.unwrapped.config.d_model, args.warmup_steps)
+    logger.info("%d parameters; %d steps of %d per epoch; peak learning rate %.2e (%.2f × the paper's)",
+                run.unwrapped.num_parameters(), run.max_steps, run.steps_per_epoch, run.learning_rate,
+                run.learning_rate / paper_peak)
+    run.phases["data_and_setup"] = (time.time() - run.started) / 60
+
+
+def train(run: Run) -> None:
+    """Steps until `max_steps`: each logged, validated and checkpointed on its schedule, validation also after
+    each epoch unless `--eval_steps` sets the schedule."""
+    args = run.args
+    loop_started = time.time()
+    run.model.train()
+    progress = tqdm(total=run.max_steps, initial=run.step, disable=not run.accelerator.is_local_main_process,
+                    desc="training")
+    window = {"tokens": 0, "seconds": 0.0, "loss": 0.0}  # since the last log
+    non_finite_steps = []  # the steps in a row whose gradient was not finite
+    while run.step < run.max_steps:
+        run.train_loader.batch_sampler.set_epoch(run.epoch, start=run.batches_done)
+        for micro_batches in groups(run.train_loader, args.gradient_accumulation_steps):
+            step_started = time.time()
+            tokens, loss, stop = train_step(run, micro_batches, non_finite_steps)
+            window["tokens"] += tokens
+            window["seconds"] += time.time() - step_started
+            window["loss"] += loss
+            progress.update(1)
+            if run.step % args.logging_steps == 0 or run.step == run.max_steps:
+                log_training(run, window, progress)
+            if (args.eval_steps and run.step % args.eval_steps == 0) or run.step == run.max_steps:
+                validate(run)
+            if run.step % args.checkpointing_steps == 0 or run.step == run.max_steps:
+                save_checkpoint(run)
+            elif stop:
+                save_checkpoint(run, interrupted=True)
+            if stop:
+                raise RunStopped(f"Stopped by SIGTERM after step {run.step}, whose checkpoint is in "
+                                 f"{run.checkpoint_root}: run the same command with --resume_from_checkpoint latest "
+                                 "to continue")
+            if run.step == run.max_steps:
+                break
+        else:  # the epoch is over
+            run.epoch, run.batches_done = run.epoch + 1, 0
+            if not args.eval_steps:
+                validate(run)
+    progress.close()
+    run.phases["training_steps"] = (time.time() - loop_started) / 60 - sum(
+        run.phases[name] for name in ("checkpoints", "validation_loss", "validation_bleu"))
+    run.accelerator.wait_for_everyone()
+
+
+def train_step(run: Run, micro_batches: list, non_finite_steps: list) -> tuple[int, torch.Tensor, bool]:
+    """One optimizer step over the micro-batches; returns its target tokens (all processes), its summed loss and
+    whether a process was asked to stop. A non-finite gradient skips the update."""
+    accelerator, model = run.accelerator, run.model
+    micro_batches = [batch.to(accelerator.device) for batch in micro_batches]
+    # A step's loss is its summed token losses over all its target tokens, whatever the process count; the same
+    # reduction tells every process whether any was asked to stop (SIGTERM).
+    step_tokens, stop = accelerator.reduce(torch.stack([
+        sum((b["labels"] != -100).sum() for b in micro_batches),
+        torch.tensor(int(STOP_REQUESTED.is_set()), device=accelerator.device)]), "sum")
+    normalizer = step_tokens / accelerator.num_processes  # DDP averages the processes' gradients
+    step_loss = 0.0
+    for i, batch in enumerate(micro_batches):
+        last = i == len(micro_batches) - 1
+        with nullcontext() if last else accelerator.no_sync(model):
+            with accelerator.autocast():
+                loss = model(**batch, num_items_in_batch=normalizer).loss
+            accelerator.backward(loss)
+        step_loss += loss.detach()
+    # Without a limit the "clipping" only measures the norm (the gradients are multiplied by exactly 1).
+    grad_norm = accelerator.clip_grad_norm_(model.parameters(), run.args.max_grad_norm or math.inf)
+    # A non-finite gradient (every process sees the same, after DDP's all-reduce) skips the update, as fp16's loss
+    # scaling does, whose own skipping is left to it; too many in a row stop the run.
+    if grad_norm is not None and not torch.isfinite(grad_norm) and accelerator.mixed_precision != "fp16":
+        non_finite_steps.append(run.step + 1)
+        logger.warning("step %d: the gradient norm is %s; the update is skipped (learning rate %.2e)",
+                       run.step + 1, grad_norm.item(), run.scheduler.get_last_lr()[0])
+        if len(non_finite_steps) == MAX_NON_FINITE_STEPS:
+            raise diverged(run, f"the gradient norm was not finite at steps {non_finite_steps[0]}-"
+                                f"{non_finite_steps[-1]}")
     else:
-        pairs = raw["train"]["translation"]
-        sentences = [p[args.source_lang] for p in pairs] + [p[args.target_lang] for p in pairs]
-        tokenizer = train_tokenizer(sentences, vocab_size=args.vocab_size or DEFAULT_VOCAB_SIZE)
-    tokenizer.save_pretrained(saved)
-    (saved / ORIGIN_NAME).write_text(json.dumps(origin, indent=2))
-    return tokenizer
+        non_finite_steps.clear()
+        run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.step += 1
+    run.batches_done += len(micro_batches)
+    return int(step_tokens), step_loss, bool(stop)
 
 
-@torch.no_grad()
-def validation_loss(model, dataset, collator, accelerator, max_tokens: int) -> float:
-    """Label-smoothed cross-entropy per target token over the whole split, shared out among the processes."""
+def log_training(run: Run, window: dict, progress) -> None:
+    """Log the training loss and speed since the last log, and stop a run whose loss shows it diverged."""
+    steps_logged = run.step % run.args.logging_steps or run.args.logging_steps
+    train_loss = run.accelerator.reduce(window["loss"], "mean").item() / steps_logged
+    vocab_size = run.unwrapped.config.vocab_size
+    if run.step > run.args.warmup_steps and train_loss > 2 * math.log(vocab_size):
+        raise diverged(run, f"the training loss is {train_loss:.3g} at step {run.step}, more than twice a uniform "
+                            f"guess's (ln {vocab_size} = {math.log(vocab_size):.2f})")
+    tokens_per_second = window["tokens"] / window["seconds"]
+    run.accelerator.log({"train_loss": train_loss, "learning_rate": run.scheduler.get_last_lr()[0],
+                         "target_tokens": window["tokens"], "target_tokens_per_second": tokens_per_second,
+                         "epoch": run.epoch}, step=run.step)
+    progress.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tokens_per_second:.0f}")
+    window.update(tokens=0, seconds=0.0, loss=0.0)
+
+
+def validate(run: Run) -> None:
+    """The validation loss and the greedy BLEU of the first `--eval_bleu_samples` validation sentences, logged."""
+    if "validation" not in run.data:
+        return
+    args = run.args
+    with timed(run.phases, "validation_loss"):
+        metrics = {"eval_loss": validation_loss(run.model, run.data["validation"], run.collator, run.accelerator,
+                                                args.max_tokens)}
+    pairs = run.bleu_pairs
+    if pairs:
+        with timed(run.phases, "validation_bleu"):
+            run.unwrapped.eval()
+            hypotheses = translate_split(run.unwrapped, run.tokenizer, [p[args.source_lang] for p in pairs],
+                                         run.accelerator, num_beams=1)
+            run.unwrapped.train()
+            metrics["eval_bleu"] = corpus_bleu(hypotheses, [p[args.target_lang] for p in pairs], run.bleu_metric)["score"]
+    run.accelerator.log(metrics, step=run.step)
+    logger.info("step %d: %s", run.step, ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+
+
+def save_checkpoint(run: Run, interrupted: bool = False) -> None:
+    """The training state at this step, written atomically (never weights that are not finite)."""
+    if not all(p.isfinite().all() for p in run.unwrapped.parameters()):
+        raise diverged(run, f"the weights are not finite at step {run.step}")
+    state = {"epoch": run.epoch, "batches_done": run.batches_done, "learning_rate": run.learning_rate,
+             "layout": run.layout, "interrupted": interrupted}
+    with timed(run.phases, "checkpoints"):
+        try:
+            checkpoints.save_checkpoint(run.accelerator, run.checkpoint_root, run.step, state,
+                                        run.args.keep_checkpoints)
+        except OSError as error:
+            raise RunStopped(str(error)) from None
+
+
+def diverged(run: Run, what: str) -> RunStopped:
+    kept = ", ".join(p.name for p in checkpoints.checkpoint_dirs(run.checkpoint_root)) or "none"
+    return RunStopped(f"Training diverged: {what} (learning rate {run.scheduler.get_last_lr()[0]:.2e}), so the run "
+                      "stops without saving a model. Lower --learning_rate or clip with --max_grad_norm, then start "
+                      f"afresh with --overwrite_output_dir, or resume an intact checkpoint ({kept}) with "
+                      "--resume_from_checkpoint.")
+
+
+def evaluate(run: Run) -> dict:
+    """§6.1: average the last checkpoints, then the perplexity of the validation split and the BLEU of the
+    evaluation split with beam search; returns the results."""
+    args, accelerator, model = run.args, run.accelerator, run.unwrapped
+    started = time.time()
+    usable = checkpoints.usable_checkpoints(run.checkpoint_root)[: args.average_checkpoints]
+    checkpoints.load_average(model, usable)
     model.eval()
-    sampler = TokenBatchSampler(dataset["length"], max_tokens, num_replicas=accelerator.num_processes,
-                                rank=accelerator.process_index)
-    total = torch.zeros(2, device=accelerator.device)
-    for batch in DataLoader(dataset.remove_columns("length"), batch_sampler=sampler, collate_fn=collator):
-        batch = batch.to(accelerator.device)
-        tokens = (batch["labels"] != -100).sum()
-        with accelerator.autocast():
-            loss = model(**batch, num_items_in_batch=1).loss
-        total += torch.stack([loss, tokens.float()])
-    model.train()
-    loss_sum, tokens = accelerator.reduce(total, "sum").tolist()
-    return loss_sum / tokens
+    results = {"train_minutes": round((started - run.started) / 60, 1), "train_steps": run.step,
+               "train_epochs": round(run.step / run.steps_per_epoch, 1), "averaged_checkpoints": len(usable)}
+    if "validation" in run.data:  # of the averaged model, per target token, without label smoothing (Table 3's PPL)
+        smoothing, model.config.label_smoothing = model.config.label_smoothing, 0.0
+        nll = validation_loss(run.model, run.data["validation"], run.collator, accelerator, args.max_tokens)
+        model.config.label_smoothing = smoothing
+        results["validation_perplexity"] = round(math.exp(nll), 2) if nll < MAX_LOG_PERPLEXITY else None
+        if results["validation_perplexity"] is None:
+            logger.warning("The validation loss is %.3g: its perplexity overflows, and is left out", nll)
+        model.eval()
+    split = args.eval_split if args.eval_split in run.raw else ("validation" if "validation" in run.raw else None)
+    decoding = {"num_beams": args.num_beams or model.generation_config.num_beams,
+                "length_penalty": model.generation_config.length_penalty if args.length_penalty is None
+                else args.length_penalty}
+    results.update(decoding)
+    if split is not None:
+        pairs = run.raw[split]["translation"]
+        sources = [p[args.source_lang] for p in pairs]
+        hypotheses = translate_split(model, run.tokenizer, sources, accelerator, **decoding)
+        bleu = corpus_bleu(hypotheses, [p[args.target_lang] for p in pairs], run.bleu_metric)
+        if accelerator.is_main_process:
+            (run.output / "translations.txt").write_text("".join(f"{line}\n" for line in hypotheses), encoding="utf-8")
+        results.update(bleu=round(bleu["score"], 2), bleu_signature=bleu["signature"], eval_split=split,
+                       eval_sentences=len(sources), example_source=sources[0].replace('"', "'"))
+        accelerator.log({f"{split}_bleu": bleu["score"]}, step=run.step)
+        logger.info("%s BLEU %.2f (%s) with the average of %d checkpoints", split, bleu["score"], bleu["signature"],
+                    len(usable))
+    run.phases["final_evaluation"] = (time.time() - started) / 60
+    results["phase_minutes"] = {name: round(minutes, 2) for name, minutes in run.phases.items()}
+    return results
 
 
-def translate_split(model, tokenizer, sources, accelerator, batch_size=64, **generate_kwargs) -> list[str]:
-    """Translations of `sources`, the processes sharing the work; every process gets all of them, in order."""
-    with accelerator.autocast():
-        mine = translate(model, tokenizer, sources[accelerator.process_index :: accelerator.num_processes],
-                         batch_size, **generate_kwargs)
-    gathered = gather_object([mine])
-    return [gathered[i % len(gathered)][i // len(gathered)] for i in range(len(sources))]
-
-
-def paper_learning_rate(d_model: int, warmup_steps: int) -> float:
-    """The peak of §5.3's schedule, reached at step `warmup_steps`: d_model^-0.5 · warmup_steps^-0.5."""
-    return d_model**-0.5 * warmup_steps**-0.5
-
-
-def paper_optimizer(model, warmup_steps: int, learning_rate: float | None = None):
-    """§5.3: Adam with β1 = 0.9, β2 = 0.98, ε = 1e-9, and the learning rate
-    lrate = scale · d_model^-0.5 · min(step^-0.5, step · warmup_steps^-1.5), where the peak `learning_rate`
-    (default: the paper's) sets the scale."""
-    peak = learning_rate or paper_learning_rate(model.config.d_model, warmup_steps)
-    fused = model.device.type in ("cpu", "cuda")  # one kernel for all parameters: ~5 % of a CPU step saved
-    optimizer = torch.optim.Adam(model.parameters(), lr=peak, betas=(0.9, 0.98), eps=1e-9, fused=fused)
-    return optimizer, get_inverse_sqrt_schedule(optimizer, num_warmup_steps=warmup_steps, timescale=warmup_steps)
+def save(run: Run, results: dict) -> None:
+    """The Hub-ready folder OUTPUT/model: the averaged model, tokenizer, results, model card and figures."""
+    args, accelerator, model = run.args, run.accelerator, run.unwrapped
+    started = time.time()
+    if accelerator.is_main_process:
+        folder = run.output / "model"
+        dataset = args.dataset_name or ("multi30k" if not args.train_file else Path(args.train_file).stem)
+        results.update(
+            model_name=f"vanilla-transformer-{dataset.split('/')[-1]}-{args.source_lang}-{args.target_lang}",
+            dataset=dataset, train_sentences=len(run.raw["train"]), warmup_steps=args.warmup_steps,
+            learning_rate=f"{run.learning_rate:.2e}", dropout=model.config.dropout,
+            label_smoothing=model.config.label_smoothing, max_tokens=args.max_tokens,
+            num_processes=accelerator.num_processes, gradient_accumulation_steps=args.gradient_accumulation_steps,
+            hardware=describe_hardware(accelerator), mixed_precision=accelerator.mixed_precision,
+        )
+        figures = {"learning_curve": plot_learning_curve(run.output / "logs" / "log.jsonl",
+                                                         run.output / "learning_curve.png")}
+        if "example_source" in results and importlib.util.find_spec("matplotlib"):
+            figures["attention_plot"] = plot_attention(model, run.tokenizer, results["example_source"],
+                                                       path=run.output / "attention.png")
+        captions = {"learning_curve": "Loss and greedy validation BLEU during training:",
+                    "attention_plot": "The last layer's attention weights (one column per head) when it translates "
+                                      "the first test sentence:"}
+        results.update({name: f"{captions[name]}\n\n![{name}]({path.name})" if path else ""
+                        for name, path in figures.items()})
+        results.setdefault("attention_plot", "")
+        try:
+            save_for_hub(folder, model, run.tokenizer, results, args.export_ctranslate2)
+        except (ImportError, ValueError) as error:
+            raise RunStopped(f"{folder}: {error}") from None
+        for path in filter(None, figures.values()):
+            shutil.copy(path, folder / path.name)
+        run.phases["figures_and_saving"] = (time.time() - started) / 60
+        logger.info("Saved the Hub-ready model to %s (%.1f minutes in all: %s)", folder,
+                    (time.time() - run.started) / 60,
+                    ", ".join(f"{name} {minutes:.2f}" for name, minutes in run.phases.items()))
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
 
 
 @contextmanager
@@ -318,348 +575,11 @@ def groups(iterable, size: int):
 
 def native_mixed_precision() -> str:
     """bf16 where the hardware multiplies bf16 matrices natively (a GPU that supports it, a CPU with AVX-512 BF16 or
-    AMX), else "no": emulated, a bf16 matrix product is two orders of magnitude slower than a float32 one (0.8
-    against 117 GFLOP/s on an AVX2-only CPU)."""
+    AMX), else "no": emulated, a bf16 matrix product is two orders of magnitude slower than a float32 one."""
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "no"
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's, where this torch has them
     return "bf16" if any(getattr(torch.cpu, name, lambda: False)() for name in checks) else "no"
-
-
-def main(argv=None) -> dict:
-    args = parse_args(argv)
-    if args.mixed_precision == "auto":
-        args.mixed_precision = native_mixed_precision()
-    output = Path(args.output_dir)
-    trackers = [JSONLTracker(output / "logs" / "log.jsonl")]
-    if args.with_tracking:
-        trackers += args.report_to.split(",")
-    accelerator = Accelerator(mixed_precision=args.mixed_precision, log_with=trackers,
-                              project_dir=str(output / "logs"), step_scheduler_with_optimizer=False)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
-    logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)  # "Removed shared tensor": the tied embeddings
-    if accelerator.is_main_process:
-        logging.getLogger("training").setLevel(logging.INFO)
-    logger.info("%s; %d process(es) on %s; mixed precision: %s", accelerator.distributed_type,
-                accelerator.num_processes, accelerator.device, accelerator.mixed_precision)
-    started = time.time()
-    phases = defaultdict(float)  # minutes per phase of the job, logged and kept in training_results.json
-    if args.export_ctranslate2:
-        import_ctranslate2()  # now, not after training
-    set_seed(args.seed, device_specific=True)
-
-    checkpoint_root = output / "checkpoints"
-    if accelerator.is_main_process:
-        try:
-            lock = checkpoints.lock_output_dir(output)  # noqa: F841  (held until the process ends)
-        except RuntimeError as error:
-            raise SystemExit(f"error: {error}") from None
-    earlier = [name for name in RUN_OUTPUTS if (output / name).exists()]
-    if args.resume_from_checkpoint is None and earlier:
-        if not args.overwrite_output_dir:
-            raise SystemExit(f"{output} holds an earlier run ({', '.join(earlier)}): resume it with "
-                             "--resume_from_checkpoint latest, or pass --overwrite_output_dir to start afresh")
-        if accelerator.is_main_process:  # a clean start: no old log, tokenizer, checkpoint or model survives
-            for name in earlier:
-                (shutil.rmtree if (output / name).is_dir() else Path.unlink)(output / name)
-        accelerator.wait_for_everyone()
-
-    # Data and tokenizer: the main process prepares (and caches) them first, the others then load them.
-    with accelerator.main_process_first():
-        try:
-            raw = load_translation_dataset(args.source_lang, args.target_lang, args.dataset_name,
-                                           args.dataset_config_name, args.train_file, args.validation_file,
-                                           args.test_file)
-        except DataError as error:
-            raise SystemExit(f"error: {error}") from None
-        if "train" not in raw:
-            raise SystemExit(f"The data has no train split (only {sorted(raw)}): pass --train_file or a dataset with one")
-        if args.max_train_samples:
-            raw["train"] = raw["train"].select(range(min(args.max_train_samples, len(raw["train"]))))
-        for split in set(raw) - {"train"}:
-            if args.max_eval_samples:
-                raw[split] = raw[split].select(range(min(args.max_eval_samples, len(raw[split]))))
-        tokenizer = load_or_train_tokenizer(args, raw, output)
-        model = build_model(args, tokenizer, accelerator.device)
-        max_length = model.config.max_position_embeddings
-        data = {split: tokenize(raw[split], tokenizer, args.source_lang, args.target_lang, max_length) for split in raw}
-    too_long = {f"{split}_pairs_too_long": len(raw[split]) - len(data[split]) for split in raw}
-    if args.max_train_source_tokens:
-        data["train"] = data["train"].filter(lambda ids: len(ids) <= args.max_train_source_tokens,
-                                             input_columns="input_ids", desc="Keeping short sources")
-        logger.info("Training on the %d pairs whose source has at most %d tokens", len(data["train"]),
-                    args.max_train_source_tokens)
-    for split in raw:
-        if len(data[split]) < len(raw[split]):
-            logger.warning("%d pairs of %r are longer than max_position_embeddings=%d tokens: left out of training "
-                           "and the validation loss; BLEU translates their truncated sources",
-                           len(raw[split]) - len(data[split]), split, max_length)
-    has_validation = "validation" in data
-
-    # §5.1: batches of about `max_tokens` tokens per process, by approximate length.
-    sampler = TokenBatchSampler(data["train"]["length"], args.max_tokens, args.seed, accelerator.num_processes,
-                                accelerator.process_index, args.gradient_accumulation_steps)
-    collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100,
-                                      pad_to_multiple_of=8 if accelerator.device.type == "cuda" else None)
-    # Its own generator keeps the loader from drawing on the global RNG, which resuming must replay exactly.
-    train_loader = DataLoader(data["train"].remove_columns("length"), batch_sampler=sampler, collate_fn=collator,
-                              generator=torch.Generator())
-    steps_per_epoch = len(sampler) // args.gradient_accumulation_steps
-    max_steps = args.max_steps or math.ceil(args.num_train_epochs * steps_per_epoch)
-
-    optimizer, scheduler = paper_optimizer(model, args.warmup_steps, args.learning_rate)
-    learning_rate, paper_peak = optimizer.defaults["lr"], paper_learning_rate(model.config.d_model, args.warmup_steps)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    # Mixed precision through `accelerator.autocast()` around each forward, without the wrapper that also copies
-    # every output to float32: the loss is computed inside the model, and the float32 copy of the whole batch's
-    # logits that nothing reads made a CPU training step of the main job about 12 % slower.
-    unwrapped = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
-
-    # What the position within an epoch depends on: a checkpoint resumes only under the same.
-    layout = {"num_processes": accelerator.num_processes, "gradient_accumulation_steps": args.gradient_accumulation_steps,
-              "max_tokens": args.max_tokens, "seed": args.seed, "train_pairs": len(data["train"])}
-    step, epoch, batches_done = 0, 0, 0
-    if args.resume_from_checkpoint:
-        step, epoch, batches_done = resume(args.resume_from_checkpoint, checkpoint_root, accelerator, unwrapped, layout)
-        if accelerator.is_main_process:
-            truncate_log(output / "logs" / "log.jsonl", step)  # the killed run's records after the checkpoint
-    hparams = {**vars(args), "learning_rate": learning_rate, "num_processes": accelerator.num_processes,
-               "distributed_type": accelerator.distributed_type.value,
-               "max_steps": max_steps, "parameters": unwrapped.num_parameters()}
-    accelerator.init_trackers("train", config={k: v for k, v in hparams.items() if v is not None})
-    if step == 0:
-        accelerator.log(too_long, step=0)
-    logger.info("%d parameters; %d steps of %d per epoch; peak learning rate %.2e (%.2f × the paper's)",
-                unwrapped.num_parameters(), max_steps, steps_per_epoch, learning_rate, learning_rate / paper_peak)
-
-    def save(step, interrupted=False):
-        if not all(p.isfinite().all() for p in unwrapped.parameters()):
-            raise SystemExit(diverged_message(f"the weights are not finite at step {step}",
-                                              scheduler.get_last_lr()[0], checkpoint_root))
-        state = {"epoch": epoch, "batches_done": batches_done, "learning_rate": learning_rate, "layout": layout,
-                 "interrupted": interrupted}
-        with timed(phases, "checkpoints"):
-            checkpoints.save_checkpoint(accelerator, checkpoint_root, step, state, args.keep_checkpoints)
-
-    bleu_pairs = raw["validation"]["translation"][: args.eval_bleu_samples] if has_validation else []
-    sources, references = [p[args.source_lang] for p in bleu_pairs], [p[args.target_lang] for p in bleu_pairs]
-
-    def evaluate(step):
-        if not has_validation:
-            return
-        with timed(phases, "validation_loss"):
-            metrics = {"eval_loss": validation_loss(model, data["validation"], collator, accelerator, args.max_tokens)}
-        if sources:
-            with timed(phases, "validation_bleu"):
-                unwrapped.eval()
-                hypotheses = translate_split(unwrapped, tokenizer, sources, accelerator, num_beams=1)
-                unwrapped.train()
-                metrics["eval_bleu"] = corpus_bleu(hypotheses, references, bleu_metric)["score"]
-        accelerator.log(metrics, step=step)
-        logger.info("step %d: %s", step, ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
-
-    bleu_metric = load_bleu()
-    phases["data_and_setup"] = (time.time() - started) / 60
-    loop_started = time.time()
-    model.train()
-    progress = tqdm(total=max_steps, initial=step, disable=not accelerator.is_local_main_process, desc="training")
-    window_tokens, window_seconds, window_loss = 0, 0.0, 0.0  # since the last log: tokens, seconds, summed loss
-    non_finite_steps = []  # the steps in a row whose gradient was not finite
-    while step < max_steps:
-        sampler.set_epoch(epoch, start=batches_done)
-        for micro_batches in groups(train_loader, args.gradient_accumulation_steps):
-            step_started = time.time()
-            micro_batches = [batch.to(accelerator.device) for batch in micro_batches]
-            # A step's loss is its summed token losses over all its target tokens, whatever the process count; the
-            # same reduction tells every process whether any was asked to stop (SIGTERM).
-            step_tokens, stop = accelerator.reduce(torch.stack([
-                sum((b["labels"] != -100).sum() for b in micro_batches),
-                torch.tensor(int(STOP_REQUESTED.is_set()), device=accelerator.device)]), "sum")
-            normalizer = step_tokens / accelerator.num_processes  # DDP averages the processes' gradients
-            step_loss = 0.0
-            for i, batch in enumerate(micro_batches):
-                last = i == len(micro_batches) - 1
-                with nullcontext() if last else accelerator.no_sync(model):
-                    with accelerator.autocast():
-                        loss = model(**batch, num_items_in_batch=normalizer).loss
-                    accelerator.backward(loss)
-                step_loss += loss.detach()
-            # Without a limit the "clipping" only measures the norm (the gradients are multiplied by exactly 1).
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm or math.inf)
-            # A non-finite gradient (every process sees the same, after DDP's all-reduce) skips the update, as fp16's
-            # loss scaling does, whose own skipping is left to it; too many in a row stop the run.
-            if grad_norm is not None and not torch.isfinite(grad_norm) and accelerator.mixed_precision != "fp16":
-                non_finite_steps.append(step + 1)
-                logger.warning("step %d: the gradient norm is %s; the update is skipped (learning rate %.2e)",
-                               step + 1, grad_norm.item(), scheduler.get_last_lr()[0])
-                if len(non_finite_steps) == MAX_NON_FINITE_STEPS:
-                    raise SystemExit(diverged_message(
-                        f"the gradient norm was not finite at steps {non_finite_steps[0]}-{non_finite_steps[-1]}",
-                        scheduler.get_last_lr()[0], checkpoint_root))
-            else:
-                non_finite_steps.clear()
-                optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            batches_done += len(micro_batches)
-            window_tokens += int(step_tokens)
-            window_seconds += time.time() - step_started
-            window_loss += step_loss
-            progress.update(1)
-
-            if step % args.logging_steps == 0 or step == max_steps:
-                steps_logged = step % args.logging_steps or args.logging_steps
-                train_loss = accelerator.reduce(window_loss, "mean").item() / steps_logged
-                if step > args.warmup_steps and train_loss > 2 * math.log(unwrapped.config.vocab_size):
-                    raise SystemExit(diverged_message(
-                        f"the training loss is {train_loss:.3g} at step {step}, more than twice a uniform guess's "
-                        f"(ln {unwrapped.config.vocab_size} = {math.log(unwrapped.config.vocab_size):.2f})",
-                        scheduler.get_last_lr()[0], checkpoint_root))
-                tokens_per_second = window_tokens / window_seconds
-                accelerator.log({"train_loss": train_loss, "learning_rate": scheduler.get_last_lr()[0],
-                                 "target_tokens": window_tokens, "target_tokens_per_second": tokens_per_second,
-                                 "epoch": epoch}, step=step)
-                progress.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tokens_per_second:.0f}")
-                window_tokens, window_seconds, window_loss = 0, 0.0, 0.0
-            if (args.eval_steps and step % args.eval_steps == 0) or step == max_steps:
-                evaluate(step)
-            if step % args.checkpointing_steps == 0 or step == max_steps:
-                save(step)
-            elif stop:
-                save(step, interrupted=True)
-            if stop:
-                raise SystemExit(f"Stopped by SIGTERM after step {step}, whose checkpoint is in {checkpoint_root}: run "
-                                 "the same command with --resume_from_checkpoint latest to continue")
-            if step == max_steps:
-                break
-        else:  # the epoch is over
-            epoch, batches_done = epoch + 1, 0
-            if not args.eval_steps:
-                evaluate(step)
-    progress.close()
-    train_minutes = (time.time() - started) / 60
-    phases["training_steps"] = (time.time() - loop_started) / 60 - sum(
-        phases[name] for name in ("checkpoints", "validation_loss", "validation_bleu"))
-    accelerator.wait_for_everyone()
-
-    # §6.1: average the last checkpoints, translate the test set with beam search, and save the Hub-ready folder.
-    final_started = time.time()
-    usable = checkpoints.usable_checkpoints(checkpoint_root)[: args.average_checkpoints]
-    checkpoints.load_average(unwrapped, usable)
-    unwrapped.eval()
-    results = {"train_minutes": round(train_minutes, 1), "train_steps": step,
-               "train_epochs": round(step / steps_per_epoch, 1), "averaged_checkpoints": len(usable)}
-    if has_validation:  # of the averaged model, per target token, without label smoothing (Table 3's PPL)
-        smoothing, unwrapped.config.label_smoothing = unwrapped.config.label_smoothing, 0.0
-        nll = validation_loss(model, data["validation"], collator, accelerator, args.max_tokens)
-        unwrapped.config.label_smoothing = smoothing
-        results["validation_perplexity"] = round(math.exp(nll), 2) if nll < MAX_LOG_PERPLEXITY else None
-        if results["validation_perplexity"] is None:
-            logger.warning("The validation loss is %.3g: its perplexity overflows, and is left out", nll)
-        unwrapped.eval()
-    split = args.eval_split if args.eval_split in raw else ("validation" if has_validation else None)
-    if split is not None:
-        test_pairs = raw[split]["translation"]
-        test_sources = [p[args.source_lang] for p in test_pairs]
-        hypotheses = translate_split(unwrapped, tokenizer, test_sources, accelerator, num_beams=args.num_beams,
-                                     length_penalty=args.length_penalty)
-        bleu = corpus_bleu(hypotheses, [p[args.target_lang] for p in test_pairs], bleu_metric)
-        if accelerator.is_main_process:
-            (output / "translations.txt").write_text("".join(f"{line}\n" for line in hypotheses), encoding="utf-8")
-        results.update(bleu=round(bleu["score"], 2), bleu_signature=bleu["signature"], eval_split=split,
-                       eval_sentences=len(test_sources), example_source=test_sources[0].replace('"', "'"))
-        accelerator.log({f"{split}_bleu": bleu["score"]}, step=step)
-        logger.info("%s BLEU %.2f (%s) with the average of %d checkpoints", split, bleu["score"], bleu["signature"],
-                    len(usable))
-    phases["final_evaluation"] = (time.time() - final_started) / 60
-    results["phase_minutes"] = {name: round(minutes, 2) for name, minutes in phases.items()}
-    if accelerator.is_main_process:
-        folder = output / "model"
-        dataset = args.dataset_name or ("multi30k" if not args.train_file else Path(args.train_file).stem)
-        results.update(
-            model_name=f"vanilla-transformer-{dataset.split('/')[-1]}-{args.source_lang}-{args.target_lang}",
-            dataset=dataset,
-            train_sentences=len(raw["train"]), num_beams=args.num_beams, length_penalty=args.length_penalty,
-            warmup_steps=args.warmup_steps, learning_rate=f"{learning_rate:.2e}", dropout=unwrapped.config.dropout,
-            label_smoothing=unwrapped.config.label_smoothing, max_tokens=args.max_tokens,
-            num_processes=accelerator.num_processes, gradient_accumulation_steps=args.gradient_accumulation_steps,
-            hardware=describe_hardware(accelerator), mixed_precision=accelerator.mixed_precision,
-        )
-        figures = {"learning_curve": plot_learning_curve(output / "logs" / "log.jsonl", output / "learning_curve.png")}
-        if "example_source" in results and importlib.util.find_spec("matplotlib"):
-            figures["attention_plot"] = plot_attention(unwrapped, tokenizer, results["example_source"],
-                                                       path=output / "attention.png")
-        captions = {"learning_curve": "Loss and greedy validation BLEU during training:",
-                    "attention_plot": "The last layer's attention weights (one column per head) when it translates "
-                                      "the first test sentence:"}
-        results.update({name: f"{captions[name]}\n\n![{name}]({path.name})" if path else ""
-                        for name, path in figures.items()})
-        results.setdefault("attention_plot", "")
-        try:
-            save_for_hub(folder, unwrapped, tokenizer, results, args.export_ctranslate2)
-        except ValueError as error:
-            raise SystemExit(f"{folder}: {error}") from None
-        for path in filter(None, figures.values()):
-            shutil.copy(path, folder / path.name)
-        phases["figures_and_saving"] = (time.time() - final_started) / 60 - phases["final_evaluation"]
-        logger.info("Saved the Hub-ready model to %s (%.1f minutes in all: %s)", folder, (time.time() - started) / 60,
-                    ", ".join(f"{name} {minutes:.2f}" for name, minutes in phases.items()))
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return results
-
-
-def resume(requested: str, checkpoint_root: Path, accelerator, model, layout: dict) -> tuple[int, int, int]:
-    """Load the newest usable checkpoint (or the one named) and return its step, epoch and batches done.
-
-    A checkpoint that is damaged, cannot be read, or holds another model's weights is set aside (renamed, so that
-    `--keep_checkpoints` and averaging never count it), and so are those newer than the one resumed. One written
-    with another data layout (process count, accumulation, batch size, seed, data) is refused.
-    """
-    if requested != "latest":
-        candidates = [Path(requested)]
-    else:
-        candidates = list(reversed(checkpoints.checkpoint_dirs(checkpoint_root)))
-    partly_loaded = False
-    for path in candidates:
-        problem = checkpoints.checkpoint_problem(path) or checkpoints.weights_problem(path, model)
-        if problem is None:
-            state = checkpoints.read_state(path)
-            check_layout(path, state.get("layout"), layout)
-            rng_problems = gather_object([checkpoints.rng_state_problem(path, accelerator.process_index)])
-            problem = next(filter(None, rng_problems), None)
-        if problem is None:
-            try:
-                accelerator.load_state(str(path))
-            except Exception as error:  # a file that passed its checksum but still cannot be read
-                problem, partly_loaded = f"it cannot be loaded ({error})", True
-        if problem is None:
-            logger.info("Resumed from %s (step %d, epoch %d)", path, state["step"], state["epoch"])
-            for newer in checkpoints.checkpoint_dirs(checkpoint_root):
-                if checkpoints.step_of(newer) > state["step"]:
-                    checkpoints.set_aside(newer, f"it is newer than {path.name}, the checkpoint resumed", accelerator)
-            accelerator.wait_for_everyone()
-            return state["step"], state["epoch"], state["batches_done"]
-        if requested != "latest":
-            raise SystemExit(f"Cannot resume from {requested}: {problem}")
-        checkpoints.set_aside(path, problem, accelerator)
-    accelerator.wait_for_everyone()
-    if partly_loaded:
-        raise SystemExit(f"No checkpoint under {checkpoint_root} could be loaded, and one was loaded in part: start "
-                         "afresh with --overwrite_output_dir")
-    logger.warning("No usable checkpoint under %s: starting from scratch", checkpoint_root)
-    return 0, 0, 0
-
-
-def check_layout(path: Path, saved: dict | None, current: dict) -> None:
-    """Refuse to resume a checkpoint whose batches were laid out otherwise: its position would be another one."""
-    differences = [f"{name} {saved[name]} (now {current[name]})" for name in current
-                   if saved is not None and name in saved and saved[name] != current[name]]
-    if differences:
-        raise SystemExit(f"Cannot resume from {path}: it was written with {', '.join(differences)}, and where an epoch "
-                         "stands depends on these. Resume with the same settings (e.g. `accelerate launch "
-                         f"--num_processes {saved['num_processes']}`), or start a new run in another --output_dir.")
 
 
 def describe_hardware(accelerator) -> str:
@@ -669,7 +589,4 @@ def describe_hardware(accelerator) -> str:
 
 
 if __name__ == "__main__":
-    # SIGTERM (what schedulers and spot instances send before they kill) ends the run after the current step, with
-    # a checkpoint to resume from.
-    signal.signal(signal.SIGTERM, lambda signum, frame: STOP_REQUESTED.set())
-    main()
+    cli()

@@ -1,0 +1,133 @@
+"""The run's tokenizer and model, from the command line's arguments.
+
+A new run learns a shared BPE vocabulary on its training data (§5.1) and builds a preset or a config file's model;
+a continued one takes a saved model (and its tokenizer, or `--tokenizer_name`), whose architecture stays fixed.
+Problems raise `ValueError` or `OSError` naming the argument.
+"""
+
+import json
+from pathlib import Path
+
+from transformers import AutoTokenizer
+
+from hf_vanilla_transformer import (
+    VanillaTransformerConfig,
+    VanillaTransformerForConditionalGeneration,
+    record_tokenizer,
+    train_tokenizer,
+)
+from hf_vanilla_transformer.loading import load_model
+
+DEFAULT_VOCAB_SIZE = 6000
+PRESETS = {"tiny": VanillaTransformerConfig.tiny, "small": VanillaTransformerConfig.small,
+           "base": VanillaTransformerConfig.base, "big": VanillaTransformerConfig.big}
+# What continuing to train a saved model may change; the rest is its architecture, fixed by its weights.
+TRAINING_FIELDS = {"dropout", "attention_dropout", "activation_dropout", "label_smoothing", "src_lang", "tgt_lang"}
+# The arguments that decide the run's tokenizer, recorded beside it: a resumed run must give the same.
+TOKENIZER_ORIGIN = ("tokenizer_name", "model_name_or_path", "vocab_size", "dataset_name", "dataset_config_name",
+                    "train_file", "source_lang", "target_lang", "max_train_samples")
+ORIGIN_NAME = "run_arguments.json"
+
+
+def build_tokenizer(args, train, folder: Path):
+    """The run's tokenizer, saved in `folder`: the one saved there already (a resumed run), else
+    `--tokenizer_name`, else the continued model's own, else a BPE vocabulary learned on the `train` split."""
+    origin = {name: getattr(args, name) for name in TOKENIZER_ORIGIN}
+    if not (args.tokenizer_name or args.model_name_or_path):
+        origin["vocab_size"] = args.vocab_size or DEFAULT_VOCAB_SIZE
+    if (folder / "tokenizer.json").is_file():
+        recorded = json.loads((folder / ORIGIN_NAME).read_text()) if (folder / ORIGIN_NAME).is_file() else origin
+        changed = [f"--{name} {origin[name]} (was {recorded.get(name)})" for name in origin
+                   if recorded.get(name) != origin[name]]
+        if changed:
+            raise ValueError(f"{folder.parent} holds the tokenizer of a run with other data or vocabulary: "
+                             f"{', '.join(changed)}. Resume with the same arguments, or pass --overwrite_output_dir "
+                             "to start afresh.")
+        return AutoTokenizer.from_pretrained(folder)
+    if args.tokenizer_name or args.model_name_or_path:
+        name = args.tokenizer_name or args.model_name_or_path
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(name)
+        except (OSError, ValueError) as error:
+            raise OSError(f"No tokenizer in {name} ({error}): pass --tokenizer_name") from None
+    else:
+        pairs = train["translation"]
+        sentences = [p[args.source_lang] for p in pairs] + [p[args.target_lang] for p in pairs]
+        tokenizer = train_tokenizer(sentences, vocab_size=args.vocab_size or DEFAULT_VOCAB_SIZE)
+    tokenizer.save_pretrained(folder)
+    (folder / ORIGIN_NAME).write_text(json.dumps(origin, indent=2))
+    return tokenizer
+
+
+def build_model(args, tokenizer, device) -> VanillaTransformerForConditionalGeneration:
+    """A new model of `--config_name` for `tokenizer`, or the saved `--model_name_or_path` with the training
+    fields of the command line applied (other changes are refused)."""
+    overrides = dict(label_smoothing=args.label_smoothing, src_lang=args.source_lang, tgt_lang=args.target_lang)
+    overrides.update(parse_config_overrides(args.config_overrides))
+    if args.dropout is not None:
+        overrides["dropout"] = args.dropout
+    attn_implementation = args.attn_implementation or ("eager" if device.type == "cpu" else "sdpa")
+    if args.model_name_or_path:
+        try:
+            saved = VanillaTransformerConfig.from_pretrained(args.model_name_or_path)
+        except (OSError, ValueError) as error:
+            raise OSError(f"--model_name_or_path {args.model_name_or_path}: {error}") from None
+        fixed = [f"{name}={value!r} (the model has {getattr(saved, name)!r})" for name, value in overrides.items()
+                 if name not in TRAINING_FIELDS and value != getattr(saved, name)]
+        if fixed:
+            raise ValueError(f"--model_name_or_path {args.model_name_or_path}: continuing to train keeps the saved "
+                             f"architecture, so {', '.join(fixed)} cannot apply; only {', '.join(sorted(TRAINING_FIELDS))} "
+                             "can change. Train a new model (--config_name) to change the others.")
+        try:
+            model = load_model(args.model_name_or_path, attn_implementation=attn_implementation, **overrides)
+        except OSError as error:
+            raise OSError(f"--model_name_or_path {args.model_name_or_path}: {error}") from None
+        own_tokenizer = Path(args.model_name_or_path, "tokenizer.json")
+        if model.config.tokenizer_fingerprint is None and args.tokenizer_name and own_tokenizer.is_file():
+            record_tokenizer(model.config, AutoTokenizer.from_pretrained(args.model_name_or_path))  # an older folder
+    else:
+        overrides.update(
+            vocab_size=len(tokenizer),
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            decoder_start_token_id=tokenizer.bos_token_id,
+            attn_implementation=attn_implementation,
+        )
+        config_name = args.config_name or "small"
+        try:
+            if config_name in PRESETS:
+                config = PRESETS[config_name](**overrides)
+            else:
+                config = VanillaTransformerConfig.from_pretrained(config_name, **overrides)
+        except (OSError, ValueError, TypeError) as error:
+            raise ValueError(f"--config_name {config_name}: {error}") from None
+        model = VanillaTransformerForConditionalGeneration(config)
+    try:
+        record_tokenizer(model.config, tokenizer)
+    except ValueError as error:
+        raise ValueError(f"--tokenizer_name {args.tokenizer_name or args.model_name_or_path}: {error}") from None
+    return model
+
+
+def parse_config_overrides(text: str | None) -> dict:
+    """`FIELD=VALUE,...` as keyword arguments, each value of its field's type."""
+    defaults, overrides = VanillaTransformerConfig(), {}
+    for item in filter(None, (text or "").split(",")):
+        name, separator, value = item.partition("=")
+        if not separator or name not in VanillaTransformerConfig.__dataclass_fields__:
+            raise ValueError(f"--config_overrides: {item!r} is not FIELD=VALUE for a field of VanillaTransformerConfig")
+        default = getattr(defaults, name)
+        if isinstance(default, bool):
+            overrides[name] = value.lower() in ("true", "1", "yes")
+        elif default is not None:
+            try:
+                overrides[name] = type(default)(value)
+            except ValueError:
+                raise ValueError(f"--config_overrides: {name}={value!r} is not a {type(default).__name__}") from None
+        else:  # a field that may be None: a number, null, or else text
+            try:
+                overrides[name] = json.loads(value)
+            except json.JSONDecodeError:
+                overrides[name] = value
+    return overrides
