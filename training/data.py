@@ -18,7 +18,9 @@ from datasets import Dataset, DatasetDict, load_dataset
 
 logger = logging.getLogger(__name__)
 
-MULTI30K = Path(__file__).resolve().parent.parent / "data" / "multi30k"
+# Multi30k task 1: data/multi30k in a checkout, package data beside this file when the package is installed.
+HERE = Path(__file__).resolve().parent
+MULTI30K = HERE / "multi30k" if (HERE / "multi30k").is_dir() else HERE.parent / "data" / "multi30k"
 MULTI30K_SPLITS = {"train": "train", "validation": "val", "test": "test_2016_flickr"}
 
 
@@ -142,6 +144,9 @@ def load_translation_dataset(
             {split: load_file(path, source_lang, target_lang) for split, path in files.items() if path is not None}
         )
     else:
+        if not MULTI30K.is_dir():
+            raise DataError(f"The embedded Multi30k is missing (expected in {MULTI30K}): reinstall the package, or "
+                            "pass --train_file or --dataset_name")
         splits = DatasetDict(
             {
                 split: load_parallel_text(str(MULTI30K / name), source_lang, target_lang)
