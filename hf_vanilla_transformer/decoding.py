@@ -20,6 +20,13 @@ def set_paper_decoding(generation_config) -> None:
     generation_config.length_penalty = LENGTH_PENALTY
 
 
+def decoding_options(generation_config, num_beams: int | None = None, length_penalty: float | None = None) -> dict:
+    """The beam size and length penalty to decode with: those given, else the generation config's (§6.1's unless
+    the model was saved with others)."""
+    return {"num_beams": num_beams or generation_config.num_beams,
+            "length_penalty": generation_config.length_penalty if length_penalty is None else length_penalty}
+
+
 def output_limits(source_lengths: torch.Tensor, max_position_embeddings: int) -> torch.Tensor:
     """Each sentence's limit on new tokens, its final EOS included: its source length (in tokens, with the source's
     EOS) + 50, within the decoder's `max_position_embeddings` positions, of which the start token takes one."""

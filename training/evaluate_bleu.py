@@ -8,6 +8,7 @@ import argparse
 import json
 
 from hf_vanilla_transformer.cli import positive_int
+from hf_vanilla_transformer.decoding import decoding_options
 from hf_vanilla_transformer.metrics import corpus_bleu
 from hf_vanilla_transformer.translate import BACKENDS, load_translator, translate
 
@@ -51,9 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
     pairs = splits[args.split]["translation"][: args.max_samples]
     sources, references = [p[source_lang] for p in pairs], [p[target_lang] for p in pairs]
 
-    decoding = {"num_beams": args.num_beams or model.generation_config.num_beams,
-                "length_penalty": model.generation_config.length_penalty if args.length_penalty is None
-                else args.length_penalty}
+    decoding = decoding_options(model.generation_config, args.num_beams, args.length_penalty)
     hypotheses = translate(model, tokenizer, sources, args.batch_size, **decoding)
     bleu = corpus_bleu(hypotheses, references)
     if args.output_file:

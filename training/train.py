@@ -33,6 +33,7 @@ from transformers import DataCollatorForSeq2Seq
 from hf_vanilla_transformer import plot_attention
 from hf_vanilla_transformer.cli import positive_int
 from hf_vanilla_transformer.ctranslate2_backend import QUANTIZATIONS, import_ctranslate2
+from hf_vanilla_transformer.decoding import decoding_options
 from hf_vanilla_transformer.hub import save_for_hub
 from hf_vanilla_transformer.metrics import corpus_bleu, load_bleu
 
@@ -497,9 +498,7 @@ def evaluate(run: Run) -> dict:
             logger.warning("The validation loss is %.3g: its perplexity overflows, and is left out", nll)
         model.eval()
     split = args.eval_split if args.eval_split in run.raw else ("validation" if "validation" in run.raw else None)
-    decoding = {"num_beams": args.num_beams or model.generation_config.num_beams,
-                "length_penalty": model.generation_config.length_penalty if args.length_penalty is None
-                else args.length_penalty}
+    decoding = decoding_options(model.generation_config, args.num_beams, args.length_penalty)
     results.update(decoding)
     if split is not None:
         pairs = run.raw[split]["translation"]
