@@ -21,8 +21,10 @@ def train_tokenizer(
     vocab_size: int = 8000,
     min_frequency: int = 2,
     model_max_length: int = 1024,
+    length: int | None = None,
 ) -> PreTrainedTokenizerFast:
-    """Learn one BPE vocabulary from source and target sentences together ("a shared source-target vocabulary").
+    """Learn one BPE vocabulary from source and target sentences together ("a shared source-target vocabulary"),
+    read from any iterable (`length`: how many, where known, for the progress count).
 
     Every encoded sequence ends with `</s>`; `tokenizer(text_target=...)` encodes targets (the `labels`).
     """
@@ -39,7 +41,7 @@ def train_tokenizer(
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIAL_TOKENS, show_progress=False
     )
-    tokenizer.train_from_iterator(sentences, trainer=trainer)
+    tokenizer.train_from_iterator(sentences, trainer=trainer, length=length)
     if tokenizer.get_vocab_size() == len(SPECIAL_TOKENS):
         raise ValueError("The tokenizer learned no vocabulary: the training sentences are empty")
     tokenizer.post_processor = processors.TemplateProcessing(

@@ -76,8 +76,9 @@ def test_a_short_run_learns_and_saves_a_hub_ready_model(tmp_path):
     assert results["averaged_checkpoints"] == 3 and results["eval_split"] == "test"
     # Table 3's perplexity: the averaged model's, without the label smoothing of the logged validation loss.
     assert 1 < results["validation_perplexity"] < math.exp(eval_losses[-1])
-    assert set(results["phase_minutes"]) == {"data_and_setup", "training_steps", "checkpoints", "validation_loss",
-                                             "validation_bleu", "final_evaluation"}
+    assert set(results["phase_minutes"]) == {"reading_data", "learning_vocabulary", "tokenizing", "setup",
+                                             "training_steps", "checkpoints", "validation_loss", "validation_bleu",
+                                             "final_evaluation"}
     assert sum(results["phase_minutes"].values()) >= results["train_minutes"] - 0.1  # rounding
     translations = (output / "translations.txt").read_text().split("\n")
     assert len(translations) == results["eval_sentences"] + 1 and translations[-1] == ""

@@ -11,6 +11,7 @@ import torch
 from accelerate import Accelerator
 from conftest import MULTI30K, tiny_config
 from safetensors.torch import save_file
+from transformers import DataCollatorForSeq2Seq
 
 from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration
 from hf_vanilla_transformer.metrics import bleu_compute_metrics, corpus_bleu, load_bleu
@@ -225,8 +226,14 @@ def test_embedded_multi30k_and_local_files_load(tmp_path, tokenizer):
     with pytest.raises(DataError, match="text.fr"):
         load_translation_dataset("de", "fr", train_file=str(prefix))
     tokenized = tokenize(tsv["train"], tokenizer, "de", "en", max_length=64)
-    assert tokenized.column_names == ["input_ids", "attention_mask", "labels", "length"]
+    assert tokenized.column_names == ["input_ids", "labels", "length"]
+    pairs = tsv["train"]["translation"]
+    expected = tokenizer([p["de"] for p in pairs], text_target=[p["en"] for p in pairs])
+    assert tokenized["input_ids"] == expected["input_ids"] and tokenized["labels"] == expected["labels"]
     assert tokenized[0]["length"] == max(len(tokenized[0]["input_ids"]), len(tokenized[0]["labels"]))
+    # The collator makes the attention mask that padding needs.
+    batch = DataCollatorForSeq2Seq(tokenizer)(list(tokenized.remove_columns("length")))
+    assert batch["attention_mask"].tolist() == (batch["input_ids"] != tokenizer.pad_token_id).int().tolist()
 
 
 def test_multi30k_copy_is_complete():

@@ -5,9 +5,14 @@ a continued one takes a saved model (and its tokenizer, or `--tokenizer_name`), 
 Problems raise `ValueError` or `OSError` naming the argument.
 """
 
+import hashlib
 import json
+import os
+import shutil
 from pathlib import Path
 
+import datasets
+import numpy as np
 from transformers import AutoTokenizer
 
 from hf_vanilla_transformer import (
@@ -25,7 +30,7 @@ PRESETS = {"tiny": VanillaTransformerConfig.tiny, "small": VanillaTransformerCon
 TRAINING_FIELDS = {"dropout", "attention_dropout", "activation_dropout", "label_smoothing", "src_lang", "tgt_lang"}
 # The arguments that decide the run's tokenizer, recorded beside it: a resumed run must give the same.
 TOKENIZER_ORIGIN = ("tokenizer_name", "model_name_or_path", "vocab_size", "dataset_name", "dataset_config_name",
-                    "train_file", "source_lang", "target_lang", "max_train_samples")
+                    "train_file", "source_lang", "target_lang", "max_train_samples", "tokenizer_sample_size")
 ORIGIN_NAME = "run_arguments.json"
 
 
@@ -51,11 +56,38 @@ def build_tokenizer(args, train, folder: Path):
         except (OSError, ValueError) as error:
             raise OSError(f"No tokenizer in {name} ({error}): pass --tokenizer_name") from None
     else:
-        pairs = train["translation"]
-        sentences = [p[args.source_lang] for p in pairs] + [p[args.target_lang] for p in pairs]
-        tokenizer = train_tokenizer(sentences, vocab_size=args.vocab_size or DEFAULT_VOCAB_SIZE)
+        tokenizer = learn_tokenizer(train, args.source_lang, args.target_lang, args.vocab_size or DEFAULT_VOCAB_SIZE,
+                                    args.tokenizer_sample_size)
     tokenizer.save_pretrained(folder)
     (folder / ORIGIN_NAME).write_text(json.dumps(origin, indent=2))
+    return tokenizer
+
+
+def learn_tokenizer(train, source_lang: str, target_lang: str, vocab_size: int, sample_size: int | None = None):
+    """§5.1's shared BPE vocabulary, learned from the sentences of `train` as they are read (or of a random sample
+    of `sample_size` pairs, as sentencepiece's `input_sentence_size`). A vocabulary learned from cached data is
+    cached beside it, keyed by the data's fingerprint, so a rerun on the same data does not learn it again."""
+    if sample_size and sample_size < len(train):
+        train = train.select(np.sort(np.random.default_rng(0).choice(len(train), sample_size, replace=False)))
+    key = hashlib.sha256(f"{train._fingerprint} {source_lang} {target_lang} {vocab_size}".encode()).hexdigest()[:16]
+    cache = Path(datasets.config.HF_DATASETS_CACHE, "hf_vanilla_transformer", f"bpe-{key}")
+    if train.cache_files and (cache / "tokenizer.json").is_file():
+        return AutoTokenizer.from_pretrained(cache)
+
+    def sentences():
+        for batch in train.iter(batch_size=10_000):
+            for pair in batch["translation"]:
+                yield pair[source_lang]
+                yield pair[target_lang]
+
+    tokenizer = train_tokenizer(sentences(), vocab_size=vocab_size, length=2 * len(train))
+    if train.cache_files:  # written whole, then moved into place: an interrupted run leaves no half a tokenizer
+        partial = cache.with_name(f"{cache.name}.{os.getpid()}.partial")
+        tokenizer.save_pretrained(partial)
+        try:
+            partial.rename(cache)
+        except OSError:  # another run cached it meanwhile
+            shutil.rmtree(partial)
     return tokenizer
 
 

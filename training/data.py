@@ -1,4 +1,5 @@
-"""Training data: translation datasets through `datasets`, tokenized with `datasets.map`, batched by tokens (§5.1).
+"""Training data: translation datasets in `datasets`' Arrow cache, tokenized once with `datasets.map`, batched by
+tokens (§5.1).
 
 Every source becomes a `datasets.Dataset` with the `translation` column of the Hugging Face translation examples
 (`{"de": ..., "en": ...}` per row): the Multi30k copy embedded in this repository (the default, offline), a Hub
@@ -6,15 +7,25 @@ dataset (`--dataset_name wmt14 --dataset_config_name de-en`) or local UTF-8 file
 source<TAB>target, or a first line naming the columns, e.g. `de<TAB>en<TAB>domain`), `.jsonl`/`.json` (a
 `translation` object or the two language keys per row) or a parallel-text prefix (`PREFIX.de` and `PREFIX.en`,
 optionally gzipped). A file that is not that raises `DataError`, naming the file and line.
+
+Local files are read line by line into an Arrow file in the `datasets` cache (`HF_DATASETS_CACHE`), memory-mapped,
+so memory stays flat in the corpus size; the cache is keyed by each file's path, size and modification time. The
+tokenized splits are cached too, keyed by the text's fingerprint and the whole tokenizer: the main process prepares
+them once, and the other processes, reruns and resumes load them.
 """
 
 import gzip
+import hashlib
 import json
 import logging
+from collections.abc import Iterator
+from itertools import chain, zip_longest
 from pathlib import Path
 
 import numpy as np
-from datasets import Dataset, DatasetDict, load_dataset
+from datasets import Dataset, DatasetDict, Features, List, Translation, Value, load_dataset
+from datasets.exceptions import DatasetGenerationError
+from transformers import PreTrainedTokenizerFast
 
 logger = logging.getLogger(__name__)
 
@@ -22,89 +33,87 @@ logger = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
 MULTI30K = HERE / "multi30k" if (HERE / "multi30k").is_dir() else HERE.parent / "data" / "multi30k"
 MULTI30K_SPLITS = {"train": "train", "validation": "val", "test": "test_2016_flickr"}
+TOKENIZED = Features({"input_ids": List(Value("int32")), "labels": List(Value("int32")), "length": Value("int32")})
+TOKENIZE_BATCH = 10_000  # pairs per `encode_batch_fast` call: enough for the tokenizer's threads to share
 
 
 class DataError(ValueError):
     """A data file that is not translation pairs; the message names the file and, where it can, the line."""
 
 
-def read_lines(path: str | Path) -> list[str]:
-    """The lines of a UTF-8 text file (gzipped when its name ends in `.gz`), without their line ends."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as file:
-        data = file.read()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = data[: error.start].count(b"\n") + 1
-        raise DataError(f"{path}, line {line}: not UTF-8 (byte {data[error.start]:#04x}); convert the file to UTF-8, "
-                        "e.g. with `iconv -t utf-8`") from None
-    if not text.strip():
-        raise DataError(f"{path} is empty")
-    lines = text.split("\n")  # not splitlines(): a sentence may hold U+2028 and other "line breaks"
-    if lines[-1] == "":
-        lines.pop()
-    return [line.removesuffix("\r") for line in lines]
+def open_text(path: Path):
+    """A UTF-8 text file as bytes, gunzipped when its name ends in `.gz`."""
+    return (gzip.open if path.suffix == ".gz" else open)(path, "rb")
 
 
-def _pairs_dataset(pairs: list[dict]) -> Dataset:
-    return Dataset.from_dict({"translation": pairs})
+def read_lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    """The numbered lines of a text file, without their line ends, read one at a time. Only "\\n" ends a line: a
+    sentence may hold U+2028 and other "line breaks"."""
+    with open_text(Path(path)) as file:
+        for number, data in enumerate(file, start=1):
+            try:
+                line = data.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise DataError(f"{path}, line {number}: not UTF-8 (byte {data[error.start]:#04x}); convert the file "
+                                "to UTF-8, e.g. with `iconv -t utf-8`") from None
+            yield number, line.removesuffix("\n").removesuffix("\r")
 
 
-def load_parallel_text(prefix: str, source_lang: str, target_lang: str) -> Dataset:
-    """Line-aligned `PREFIX.SRC` and `PREFIX.TGT` files (optionally `.gz`), one sentence a line."""
-    sides = []
-    for lang in (source_lang, target_lang):
-        candidates = [Path(f"{prefix}.{lang}"), Path(f"{prefix}.{lang}.gz")]
-        path = next((p for p in candidates if p.is_file()), None)
-        if path is None:
-            raise DataError(f"No parallel text for language {lang!r}: neither {candidates[0]} nor {candidates[1]}")
-        sides.append(read_lines(path))
-    if len(sides[0]) != len(sides[1]):
-        raise DataError(f"{prefix}: {len(sides[0])} {source_lang} lines but {len(sides[1])} {target_lang} lines; "
-                        "parallel files must be line-aligned")
-    return _pairs_dataset([{source_lang: s, target_lang: t} for s, t in zip(*sides)])
+def check_not_empty(path: Path) -> None:
+    """Raise a `DataError` for a file of whitespace alone (found at its first bytes for any other)."""
+    with open_text(path) as file:
+        while chunk := file.read(1 << 20):
+            if chunk.strip():
+                return
+    raise DataError(f"{path} is empty")
 
 
-def load_tsv(path: str, source_lang: str, target_lang: str) -> Dataset:
+def parallel_text_pairs(files: tuple, source_lang: str, target_lang: str) -> Iterator[dict]:
+    """Line-aligned `PREFIX.SRC` and `PREFIX.TGT` files, one sentence a line."""
+    (source, *_), (target, *_) = files
+    count = {source_lang: 0, target_lang: 0}
+    for source_line, target_line in zip_longest(read_lines(source), read_lines(target)):
+        count[source_lang] += source_line is not None
+        count[target_lang] += target_line is not None
+        if source_line is not None and target_line is not None:
+            yield {"translation": {source_lang: source_line[1], target_lang: target_line[1]}}
+    if count[source_lang] != count[target_lang]:
+        prefix = str(source).removesuffix(".gz").removesuffix(f".{source_lang}")
+        raise DataError(f"{prefix}: {count[source_lang]} {source_lang} lines but {count[target_lang]} {target_lang} "
+                        "lines; parallel files must be line-aligned")
+
+
+def tsv_pairs(files: tuple, source_lang: str, target_lang: str) -> Iterator[dict]:
     """Tab-separated pairs: exactly two columns, source then target, or any columns under a first line that
     names them (`de<TAB>en<TAB>domain`), the languages read by name. Every line has the same number of columns."""
-    lines = read_lines(path)
-    header = lines[0].split("\t")
-    has_header = source_lang in header and target_lang in header
-    columns = header if has_header else [source_lang, target_lang]
-    pairs = []
-    for number, line in enumerate(lines[1:] if has_header else lines, start=2 if has_header else 1):
+    ((path, *_),) = files
+    columns, has_header = [source_lang, target_lang], False
+    for number, line in read_lines(path):
         cells = line.split("\t")
+        if number == 1 and source_lang in cells and target_lang in cells:
+            columns, has_header = cells, True
+            continue
         if len(cells) != len(columns):
             layout = f"the {len(columns)} of the header" if has_header else (
                 f"2 ({source_lang}<TAB>{target_lang}), or a first line naming the columns")
             raise DataError(f"{path}, line {number}: {len(cells)} tab-separated column(s), expected {layout}")
         row = dict(zip(columns, cells))
-        pairs.append({source_lang: row[source_lang], target_lang: row[target_lang]})
-    return _pairs_dataset(pairs)
+        yield {"translation": {source_lang: row[source_lang], target_lang: row[target_lang]}}
 
 
-def load_jsonl(path: str, source_lang: str, target_lang: str) -> Dataset:
+def jsonl_pairs(files: tuple, source_lang: str, target_lang: str) -> Iterator[dict]:
     """JSON lines (or a `.json` list) of `{"translation": {"de": ..., "en": ...}}` or `{"de": ..., "en": ...}`."""
+    ((path, *_),) = files
     lines = read_lines(path)
-    if path.endswith(".json") and lines[0].lstrip().startswith("["):
+    first = next(lines)
+    if path.endswith(".json") and first[1].lstrip().startswith("["):
         try:
-            rows = list(enumerate(json.loads("\n".join(lines)), start=1))
+            rows = enumerate(json.loads("\n".join(line for _, line in chain([first], lines))), start=1)
         except json.JSONDecodeError as error:
             raise DataError(f"{path}, line {error.lineno}: not valid JSON ({error.msg})") from None
         where = "item"
     else:
-        rows, where = [], "line"
-        for number, line in enumerate(lines, start=1):
-            if line.strip():
-                try:
-                    rows.append((number, json.loads(line)))
-                except json.JSONDecodeError as error:
-                    raise DataError(f"{path}, line {number}: not valid JSON ({error.msg})") from None
-    pairs = []
+        rows, where = json_lines(chain([first], lines), path), "line"
     for number, row in rows:
         pair = row.get("translation", row) if isinstance(row, dict) else None
         missing = [lang for lang in (source_lang, target_lang) if not isinstance((pair or {}).get(lang), str)]
@@ -112,17 +121,48 @@ def load_jsonl(path: str, source_lang: str, target_lang: str) -> Dataset:
             found = sorted(pair) if isinstance(pair, dict) else type(row).__name__
             raise DataError(f"{path}, {where} {number}: no {' or '.join(missing)} text (found {found}); expected "
                             f'{{"translation": {{"{source_lang}": ..., "{target_lang}": ...}}}}')
-        pairs.append({source_lang: pair[source_lang], target_lang: pair[target_lang]})
-    return _pairs_dataset(pairs)
+        yield {"translation": {source_lang: pair[source_lang], target_lang: pair[target_lang]}}
+
+
+def json_lines(lines: Iterator[tuple[int, str]], path: str) -> Iterator[tuple[int, object]]:
+    """The numbered JSON values of the non-blank lines."""
+    for number, line in lines:
+        if line.strip():
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataError(f"{path}, line {number}: not valid JSON ({error.msg})") from None
 
 
 def load_file(path: str, source_lang: str, target_lang: str) -> Dataset:
-    """A local split: `.tsv`, `.jsonl`/`.json`, or a parallel-text prefix."""
+    """A local split, `.tsv`, `.jsonl`/`.json` or a parallel-text prefix, through the Arrow cache."""
     if path.endswith(".tsv"):
-        return load_tsv(path, source_lang, target_lang)
-    if path.endswith((".jsonl", ".json")):
-        return load_jsonl(path, source_lang, target_lang)
-    return load_parallel_text(path, source_lang, target_lang)
+        pairs, paths = tsv_pairs, [Path(path)]
+    elif path.endswith((".jsonl", ".json")):
+        pairs, paths = jsonl_pairs, [Path(path)]
+    else:
+        pairs, paths = parallel_text_pairs, []
+        for lang in (source_lang, target_lang):
+            candidates = [Path(f"{path}.{lang}"), Path(f"{path}.{lang}.gz")]
+            found = next((p for p in candidates if p.is_file()), None)
+            if found is None:
+                raise DataError(f"No parallel text for language {lang!r}: neither {candidates[0]} nor {candidates[1]}")
+            paths.append(found)
+    for file in paths:
+        if not file.is_file():
+            raise DataError(f"{file}: no such file")
+        check_not_empty(file)
+    # Each file with its size and modification time: they key the cache, so an edited file is read again. (A tuple:
+    # `datasets` would shard a list among generator calls.)
+    files = tuple((str(file), file.stat().st_size, file.stat().st_mtime_ns) for file in paths)
+    try:
+        return Dataset.from_generator(pairs, features=Features({"translation": Translation([source_lang, target_lang])}),
+                                      gen_kwargs={"files": files, "source_lang": source_lang,
+                                                  "target_lang": target_lang})
+    except DatasetGenerationError as error:
+        if isinstance(error.__cause__, DataError):
+            raise error.__cause__ from None
+        raise
 
 
 def load_translation_dataset(
@@ -148,10 +188,7 @@ def load_translation_dataset(
             raise DataError(f"The embedded Multi30k is missing (expected in {MULTI30K}): reinstall the package, or "
                             "pass --train_file or --dataset_name")
         splits = DatasetDict(
-            {
-                split: load_parallel_text(str(MULTI30K / name), source_lang, target_lang)
-                for split, name in MULTI30K_SPLITS.items()
-            }
+            {split: load_file(str(MULTI30K / name), source_lang, target_lang) for split, name in MULTI30K_SPLITS.items()}
         )
     for split, dataset in splits.items():
         if "translation" not in dataset.column_names:
@@ -161,29 +198,49 @@ def load_translation_dataset(
         if languages and not {source_lang, target_lang} <= languages:
             raise DataError(f"Split {split!r} has languages {sorted(languages)}, not {source_lang} and {target_lang}")
         splits[split] = dataset.filter(
-            lambda batch: [bool(p[source_lang].strip() and p[target_lang].strip()) for p in batch["translation"]],
-            batched=True,
-            desc="Dropping empty pairs",
+            lambda pairs: [bool(p[source_lang].strip() and p[target_lang].strip()) for p in pairs],
+            input_columns="translation", batched=True, batch_size=TOKENIZE_BATCH, desc="Dropping empty pairs",
         )
         if len(splits[split]) < len(dataset):
             logger.warning("Dropped %d pairs of %r with an empty side", len(dataset) - len(splits[split]), split)
     return splits
 
 
-def tokenize(dataset: Dataset, tokenizer, source_lang: str, target_lang: str, max_length: int) -> Dataset:
-    """Source ids, attention mask, target `labels` and the pair's `length` (the longer side, for batching) with
-    `datasets.map`; pairs with a side longer than `max_length` tokens are left out (callers count them)."""
+def tokenize(dataset: Dataset, tokenizer, source_lang: str, target_lang: str, max_length: int,
+             num_proc: int | None = None) -> Dataset:
+    """Source `input_ids`, target `labels` and the pair's `length` (the longer side, for batching) with
+    `datasets.map` over `num_proc` processes; pairs with a side longer than `max_length` tokens are left out
+    (callers count them). The attention mask is the collator's (padding makes it), not stored.
 
-    def encode(batch):
-        sources = [pair[source_lang] for pair in batch["translation"]]
-        targets = [pair[target_lang] for pair in batch["translation"]]
-        encoded = tokenizer(sources, text_target=targets)
-        encoded["length"] = [max(len(s), len(t)) for s, t in zip(encoded["input_ids"], encoded["labels"])]
-        return encoded
+    The result is cached beside the text, keyed by the text's fingerprint and the serialized tokenizer."""
+    backend = tokenizer.backend_tokenizer if isinstance(tokenizer, PreTrainedTokenizerFast) else None
+    if backend is not None and backend.truncation is None and backend.padding is None:
+        # The Rust tokenizer directly: what `tokenizer(texts)["input_ids"]` gives, without Python-side encodings.
+        def ids(texts):
+            return [encoding.ids for encoding in backend.encode_batch_fast(texts)]
+        fingerprint = hashlib.sha256(backend.to_str().encode()).hexdigest()
+    else:
+        def ids(texts):
+            return tokenizer(texts)["input_ids"]
+        fingerprint = None  # `datasets` hashes the function, tokenizer included
 
-    encoded = dataset.map(encode, batched=True, remove_columns=dataset.column_names, desc="Tokenizing")
+    def encode(pairs):
+        sources, labels = ids([p[source_lang] for p in pairs]), ids([p[target_lang] for p in pairs])
+        return {"input_ids": sources, "labels": labels, "length": [max(map(len, p)) for p in zip(sources, labels)]}
+
+    if fingerprint is not None:
+        key = f"{dataset._fingerprint} {fingerprint} {source_lang} {target_lang}"
+        fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
+    encoded = dataset.map(encode, input_columns="translation", batched=True, batch_size=TOKENIZE_BATCH,
+                          remove_columns=dataset.column_names, features=TOKENIZED, num_proc=num_proc,
+                          new_fingerprint=fingerprint, desc="Tokenizing")
     return encoded.filter(lambda lengths: [n <= max_length for n in lengths], input_columns="length", batched=True,
-                          desc="Leaving out over-long pairs")
+                          num_proc=num_proc, desc="Leaving out over-long pairs")
+
+
+def lengths(dataset: Dataset) -> np.ndarray:
+    """The `length` column as one array, read from Arrow without a Python object per pair."""
+    return dataset.with_format("numpy", columns=["length"])["length"]
 
 
 class TokenBatchSampler:

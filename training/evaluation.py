@@ -6,14 +6,14 @@ from torch.utils.data import DataLoader
 
 from hf_vanilla_transformer.translate import translate
 
-from .data import TokenBatchSampler
+from .data import TokenBatchSampler, lengths
 
 
 @torch.no_grad()
 def validation_loss(model, dataset, collator, accelerator, max_tokens: int) -> float:
     """Label-smoothed cross-entropy per target token over the whole split, shared out among the processes."""
     model.eval()
-    sampler = TokenBatchSampler(dataset["length"], max_tokens, num_replicas=accelerator.num_processes,
+    sampler = TokenBatchSampler(lengths(dataset), max_tokens, num_replicas=accelerator.num_processes,
                                 rank=accelerator.process_index)
     total = torch.zeros(2, device=accelerator.device)
     for batch in DataLoader(dataset.remove_columns("length"), batch_sampler=sampler, collate_fn=collator):

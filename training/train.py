@@ -39,7 +39,7 @@ from hf_vanilla_transformer.metrics import corpus_bleu, load_bleu
 
 from . import checkpoints
 from .build import DEFAULT_VOCAB_SIZE, PRESETS, build_model, build_tokenizer
-from .data import DataError, TokenBatchSampler, load_translation_dataset, tokenize
+from .data import DataError, TokenBatchSampler, lengths, load_translation_dataset, tokenize
 from .evaluation import translate_split, validation_loss
 from .recipe import paper_learning_rate, paper_optimizer
 from .tracking import JSONLTracker, plot_learning_curve, truncate_log
@@ -78,6 +78,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     data.add_argument("--source_lang", default="de")
     data.add_argument("--target_lang", default="en")
     data.add_argument("--max_train_samples", type=int, default=None)
+    data.add_argument("--tokenizer_sample_size", type=positive_int, default=None,
+                      help="learn the BPE vocabulary on a random sample of this many training pairs; default: all")
+    data.add_argument("--preprocessing_num_workers", type=positive_int, default=None,
+                      help="processes that tokenize the data (once: the result is cached); default: one, whose "
+                      "tokenizer uses every core")
     data.add_argument("--max_eval_samples", type=int, default=None)
     data.add_argument("--max_train_source_tokens", type=int, default=None,
                       help="train only on pairs whose source has at most this many tokens (length generalisation)")
@@ -243,8 +248,10 @@ def load_data(run: Run) -> None:
     """The text pairs of each split (`--max_*_samples` of them) and the run's tokenizer."""
     args = run.args
     try:
-        raw = load_translation_dataset(args.source_lang, args.target_lang, args.dataset_name,
-                                       args.dataset_config_name, args.train_file, args.validation_file, args.test_file)
+        with timed(run.phases, "reading_data"):
+            raw = load_translation_dataset(args.source_lang, args.target_lang, args.dataset_name,
+                                           args.dataset_config_name, args.train_file, args.validation_file,
+                                           args.test_file)
     except DataError as error:
         raise RunStopped(f"error: {error}") from None
     if "train" not in raw:
@@ -256,7 +263,8 @@ def load_data(run: Run) -> None:
             raw[split] = raw[split].select(range(min(args.max_eval_samples, len(raw[split]))))
     run.raw = raw
     try:
-        run.tokenizer = build_tokenizer(args, raw["train"], run.output / "tokenizer")
+        with timed(run.phases, "learning_vocabulary"):
+            run.tokenizer = build_tokenizer(args, raw["train"], run.output / "tokenizer")
     except (OSError, ValueError) as error:
         raise RunStopped(str(error)) from None
 
@@ -272,8 +280,9 @@ def build(run: Run) -> None:
 def tokenize_data(run: Run) -> None:
     """Token ids of every split; pairs longer than the model's positions are left out, and counted."""
     args, raw, max_length = run.args, run.raw, run.model.config.max_position_embeddings
-    run.data = {split: tokenize(raw[split], run.tokenizer, args.source_lang, args.target_lang, max_length)
-                for split in raw}
+    with timed(run.phases, "tokenizing"):
+        run.data = {split: tokenize(raw[split], run.tokenizer, args.source_lang, args.target_lang, max_length,
+                                    args.preprocessing_num_workers) for split in raw}
     run.too_long = {split: len(raw[split]) - len(run.data[split]) for split in raw}
     if args.max_train_source_tokens:
         run.data["train"] = run.data["train"].filter(lambda ids: len(ids) <= args.max_train_source_tokens,
@@ -291,7 +300,7 @@ def prepare_training(run: Run) -> None:
     args, accelerator = run.args, run.accelerator
     # §5.1: batches of about `max_tokens` tokens per process, by approximate length.
     try:
-        sampler = TokenBatchSampler(run.data["train"]["length"], args.max_tokens, args.seed,
+        sampler = TokenBatchSampler(lengths(run.data["train"]), args.max_tokens, args.seed,
                                     accelerator.num_processes, accelerator.process_index,
                                     args.gradient_accumulation_steps)
     except ValueError as error:
@@ -335,7 +344,7 @@ def prepare_training(run: Run) -> None:
     logger.info("%d parameters; %d steps of %d per epoch; peak learning rate %.2e (%.2f × the paper's)",
                 run.unwrapped.num_parameters(), run.max_steps, run.steps_per_epoch, run.learning_rate,
                 run.learning_rate / paper_peak)
-    run.phases["data_and_setup"] = (time.time() - run.started) / 60
+    run.phases["setup"] = (time.time() - run.started) / 60 - sum(run.phases.values())  # all else before step 1
 
 
 def train(run: Run) -> None:
