@@ -9,7 +9,7 @@ import json
 
 from hf_vanilla_transformer.cli import positive_int
 from hf_vanilla_transformer.decoding import decoding_options
-from hf_vanilla_transformer.metrics import corpus_bleu
+from hf_vanilla_transformer.metrics import BLEU_STYLES, corpus_bleu, paper_bleu
 from hf_vanilla_transformer.translate import BACKENDS, load_translator, translate
 
 from .data import DataError, load_translation_dataset
@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--backend", choices=BACKENDS, default="transformers",
                         help="ctranslate2: --model is a folder exported by `hf_vanilla_transformer.ctranslate2_backend`")
     parser.add_argument("--output_file", default=None, help="write the translations here, one a line")
+    parser.add_argument("--bleu_style", choices=BLEU_STYLES, default="sacrebleu",
+                        help="paper: also the tokenized, compound-split BLEU of the paper's WMT14 tables")
     args = parser.parse_args(argv)
 
     try:
@@ -60,6 +62,9 @@ def main(argv: list[str] | None = None) -> dict:
             file.write("\n".join(hypotheses) + "\n")
     result = {"split": args.split, "sentences": len(sources), "bleu": round(bleu["score"], 2),
               "signature": bleu["signature"], **decoding, "backend": args.backend}
+    if args.bleu_style == "paper":
+        paper = paper_bleu(hypotheses, references, target_lang)
+        result.update(paper_bleu=round(paper["score"], 2), paper_bleu_signature=paper["signature"])
     print(json.dumps(result))
     return result
 
