@@ -322,3 +322,45 @@ def test_mixed_precision_reaches_every_forward_of_training_and_evaluation(tmp_pa
     assert [dtype for training, dtype in before_figure if training] == ["torch.bfloat16"] * 4
     evaluation = [dtype for training, dtype in before_figure if not training]
     assert len(evaluation) > 10 and set(evaluation) == {"torch.bfloat16"}
+
+
+def wmt_shaped_corpus(prefix, pairs: int, seed: int = 0) -> str:
+    """PREFIX.de/.en of `pairs` lines, each 1 to 3 random Multi30k pairs joined: WMT's sentence lengths."""
+    import random
+
+    from conftest import read_multi30k
+
+    sides = {lang: read_multi30k("train", lang, 5000) for lang in ("de", "en")}
+    rng = random.Random(seed)
+    rows = [rng.sample(range(5000), rng.randint(1, 3)) for _ in range(pairs)]
+    for lang, sentences in sides.items():
+        prefix.with_name(f"{prefix.name}.{lang}").write_text("".join(" ".join(sentences[i] for i in row) + "\n"
+                                                                     for row in rows))
+    return str(prefix)
+
+
+def test_the_wmt14_recipe_runs_end_to_end_on_two_processes_at_tiny_scale(tmp_path):
+    """`--recipe wmt14-en-de-base` on a WMT-shaped corpus, shrunk by flags that override it: the paper's other
+    settings stay, the step's tokens split over 2 processes and accumulation, and the paper's BLEU is reported
+    beside sacreBLEU."""
+    corpus = wmt_shaped_corpus(tmp_path / "train", 1500)
+    evaluation = wmt_shaped_corpus(tmp_path / "newstest", 60, seed=1)
+    output = tmp_path / "run"
+    result = train(tmp_path, output, "--recipe", "wmt14-en-de-base", "--train_file", corpus,
+                   "--validation_file", evaluation, "--test_file", evaluation, "--tokens_per_step", "4096",
+                   "--max_steps", "6", "--checkpointing_steps", "2", "--eval_steps", "3", "--logging_steps", "2",
+                   processes=2)
+    assert ("--recipe wmt14-en-de-base: --dataset_name None --dataset_config_name None --source_lang en "
+            "--target_lang de --vocab_size 600") in result.stderr
+    assert "--tokens_per_step 4096: --max_tokens 1024 × 2 process(es) × --gradient_accumulation_steps 2" in result.stderr
+    results = json.loads((output / "model" / "training_results.json").read_text())
+    assert (results["num_processes"], results["max_tokens"], results["gradient_accumulation_steps"]) == (2, 1024, 2)
+    assert (results["dropout"], results["label_smoothing"], results["warmup_steps"]) == (0.1, 0.1, 40)
+    assert (results["num_beams"], results["length_penalty"], results["averaged_checkpoints"]) == (2, 0.6, 3)
+    assert results["dataset"] == "train" and results["eval_split"] == "test"
+    assert 0 <= results["paper_bleu"] <= 100 and 0 <= results["bleu"] <= 100
+    assert results["paper_bleu_signature"].startswith("tokenizer.perl -l de")
+    config = json.loads((output / "model" / "config.json").read_text())
+    assert (config["src_lang"], config["tgt_lang"]) == ("en", "de")
+    steps = [r["step"] for r in log(output) if "eval_loss" in r]
+    assert steps == [3, 6]  # validation shared by both processes, on its schedule

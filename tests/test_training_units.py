@@ -1,7 +1,9 @@
 """The training recipe's pieces, in process: batching, schedule, checkpoints, averaging, BLEU, data loading."""
 
 import json
+import math
 import logging
+from contextlib import nullcontext
 from pathlib import Path
 
 import evaluate
@@ -13,6 +15,7 @@ from conftest import MULTI30K, tiny_config
 from safetensors.torch import save_file
 from transformers import DataCollatorForSeq2Seq
 
+import hf_vanilla_transformer
 from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration
 from hf_vanilla_transformer.metrics import bleu_compute_metrics, corpus_bleu, load_bleu
 from training import checkpoints
@@ -197,6 +200,30 @@ def test_bleu_falls_back_to_the_shipped_metric_when_the_hub_is_out_of_reach(monk
         sacrebleu.corpus_bleu(hypotheses, [references]).score)
 
 
+def test_the_papers_bleu_scores_moses_tokens_with_compounds_split_as_counted_by_hand():
+    """Moses tokenization splits "Teppich." and escapes "&"; the compound split makes "Boden-Teppich" three tokens."""
+    from hf_vanilla_transformer.metrics import paper_bleu
+
+    hypotheses = ["Die Katze sitzt auf dem Boden-Teppich.", "Ein Mann & eine Frau."]
+    references = ["Die Katze sitzt auf der Matte.", "Ein Mann & eine junge Frau lachen."]
+    # Tokens: "Die Katze sitzt auf dem Boden ##AT##-##AT## Teppich ." (9) against "Die Katze sitzt auf der Matte ."
+    # (7): n-gram matches 5/9, 3/8, 2/7, 1/6. "Ein Mann &amp; eine Frau ." (6) against "Ein Mann &amp; eine junge
+    # Frau lachen ." (8): 6/6, 3/5, 2/4, 1/3, and a brevity penalty exp(1 - 8/6) for it alone.
+    first = paper_bleu(hypotheses[:1], references[:1], "de")
+    assert first["score"] == pytest.approx(100 * (5 / 9 * 3 / 8 * 2 / 7 * 1 / 6) ** 0.25)
+    second = paper_bleu(hypotheses[1:], references[1:], "de")["score"]
+    assert second == pytest.approx(100 * math.exp(1 - 8 / 6) * (1 * 3 / 5 * 2 / 4 * 1 / 3) ** 0.25)
+    # The corpus sums the counts: 15 tokens a side (no brevity penalty), 11/15, 6/13, 4/11, 2/9.
+    corpus = paper_bleu(hypotheses, references, "de")
+    assert corpus["score"] == pytest.approx(100 * (11 / 15 * 6 / 13 * 4 / 11 * 2 / 9) ** 0.25)
+    assert "compound split" in corpus["signature"] and "-l de" in corpus["signature"]
+    # sacreBLEU's 13a keeps "Boden-Teppich" one token: 5/7, 3/6, 2/5, 1/4 for the first pair, another number.
+    assert corpus_bleu(hypotheses[:1], references[:1])["score"] == pytest.approx(
+        100 * (5 / 7 * 3 / 6 * 2 / 5 * 1 / 4) ** 0.25)
+    # multi-bleu.perl does not smooth: no 4-gram in common is a BLEU of 0.
+    assert paper_bleu(["Ein Hund läuft."], ["Ein Hund rennt."], "de")["score"] == 0.0
+
+
 def test_compute_metrics_for_seq2seq_trainer(tokenizer):
     from transformers import EvalPrediction
 
@@ -234,6 +261,27 @@ def test_embedded_multi30k_and_local_files_load(tmp_path, tokenizer):
     # The collator makes the attention mask that padding needs.
     batch = DataCollatorForSeq2Seq(tokenizer)(list(tokenized.remove_columns("length")))
     assert batch["attention_mask"].tolist() == (batch["input_ids"] != tokenizer.pad_token_id).int().tolist()
+
+
+def test_local_files_are_cached_as_arrow_and_tokenized_once(tmp_path, tokenizer, monkeypatch):
+    """The text goes to an Arrow file on disk (memory-mapped); the tokenized split is cached beside it, keyed by the
+    text and the tokenizer; an edited file is read again."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    (tmp_path / "corpus.de").write_text("Ein Hund.\nZwei Katzen.\nDrei Vögel.\n")
+    (tmp_path / "corpus.en").write_text("A dog.\nTwo cats.\nThree birds.\n")
+    train = load_translation_dataset("de", "en", train_file=str(tmp_path / "corpus"))["train"]
+    assert train.cache_files and all(Path(f["filename"]).is_relative_to(tmp_path / "cache") for f in train.cache_files)
+    first = tokenize(train, tokenizer, "de", "en", max_length=64)
+    again = tokenize(load_translation_dataset("de", "en", train_file=str(tmp_path / "corpus"))["train"], tokenizer,
+                     "de", "en", max_length=64)
+    assert again.cache_files == first.cache_files and again["input_ids"] == first["input_ids"]
+    other = hf_vanilla_transformer.train_tokenizer(["Ein Hund.", "A dog."] * 50, vocab_size=40)
+    assert tokenize(train, other, "de", "en", max_length=64).cache_files != first.cache_files
+    (tmp_path / "corpus.en").write_text("A dog.\nTwo cats.\nThree small birds.\n")
+    edited = load_translation_dataset("de", "en", train_file=str(tmp_path / "corpus"))["train"]
+    assert edited[2]["translation"]["en"] == "Three small birds."
 
 
 def test_multi30k_copy_is_complete():
@@ -309,3 +357,66 @@ def test_auto_mixed_precision_is_bf16_only_where_the_cpu_multiplies_bf16_nativel
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
     assert native_mixed_precision() == expected
+
+
+def test_a_steps_tokens_split_into_batch_size_processes_and_accumulation():
+    """§5.1's ~25000 tokens a step, whatever the hardware: the batch per process, or the accumulation."""
+    from training.recipe import split_tokens_per_step
+
+    assert split_tokens_per_step(25000, 8) == (3125, 1)  # the paper's 8 GPUs
+    assert split_tokens_per_step(25000, 1) == (25000, 1)
+    assert split_tokens_per_step(25000, 2, max_tokens=4096) == (4096, 4)  # 32,768 ≥ 25,000 with 4 micro-batches
+    assert split_tokens_per_step(25000, 4, accumulation=2) == (3125, 2)
+    with pytest.raises(ValueError, match="give one of them, not both"):
+        split_tokens_per_step(25000, 1, max_tokens=4096, accumulation=2)
+
+
+def test_a_recipe_sets_the_papers_flags_and_any_flag_given_overrides_it():
+    from training.train import parse_args
+
+    big = parse_args(["--recipe", "wmt14-en-de-big"])
+    assert (big.config_name, big.dropout, big.max_steps, big.average_checkpoints, big.keep_checkpoints) == (
+        "big", 0.3, 300_000, 20, 20)
+    assert (big.dataset_name, big.dataset_config_name, big.source_lang, big.target_lang) == (
+        "wmt/wmt14", "de-en", "en", "de")
+    assert (big.vocab_size, big.warmup_steps, big.learning_rate, big.tokens_per_step, big.bleu_style) == (
+        37000, 4000, 0.0, 25000, "paper")
+    base = parse_args(["--recipe", "wmt14-en-de-base", "--dropout", "0.2", "--train_file", "corpus"])
+    assert (base.config_name, base.dropout, base.max_steps, base.average_checkpoints) == ("base", 0.2, 100_000, 5)
+    assert base.dataset_name is None and base.dataset_config_name is None  # local files replace the recipe's data
+    plain = parse_args([])
+    assert (plain.recipe, plain.tokens_per_step, plain.max_tokens, plain.dropout) == (None, None, None, None)
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_translation_shares_sentences_and_sharded_weights_make_every_process_decode_alike(monkeypatch, sharded):
+    """With FSDP or ZeRO-3 every process must make the same `generate` calls, with `synced_gpus`, or one hangs."""
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from training import evaluation
+
+    calls = {}
+
+    def fake_translate(model, tokenizer, sentences, batch_size, **kwargs):
+        calls[rank] = (len(sentences), kwargs.get("synced_gpus", False))
+        return [sentence.upper() for sentence in sentences]
+
+    outputs = {}
+    monkeypatch.setattr(evaluation, "translate", fake_translate)
+    monkeypatch.setattr(evaluation, "gather_object", lambda mine: [outputs[0], outputs[1]])
+    sources = ["a", "b", "c", "d", "e"]
+    kind = DistributedType.FSDP if sharded else DistributedType.MULTI_GPU
+    for rank in (0, 1):  # what each process translates: its share, the second one padded where sharded
+        outputs[rank] = [s.upper() for s in sources[rank::2] + (sources[:1] if sharded and rank == 1 else [])]
+    for rank in (0, 1):
+        accelerator = SimpleNamespace(num_processes=2, process_index=rank, distributed_type=kind,
+                                      state=SimpleNamespace(deepspeed_plugin=None), autocast=nullcontext)
+        assert evaluation.translate_split(None, None, sources, accelerator) == ["A", "B", "C", "D", "E"]
+    assert calls == ({0: (3, True), 1: (3, True)} if sharded else {0: (3, False), 1: (2, False)})
+    zero3 = SimpleNamespace(distributed_type=DistributedType.DEEPSPEED,
+                            state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=3)))
+    assert evaluation.weights_are_sharded(zero3)
+    zero3.state.deepspeed_plugin.zero_stage = 2
+    assert not evaluation.weights_are_sharded(zero3)

@@ -35,13 +35,13 @@ from hf_vanilla_transformer.cli import positive_int
 from hf_vanilla_transformer.ctranslate2_backend import QUANTIZATIONS, import_ctranslate2
 from hf_vanilla_transformer.decoding import decoding_options
 from hf_vanilla_transformer.hub import save_for_hub
-from hf_vanilla_transformer.metrics import corpus_bleu, load_bleu
+from hf_vanilla_transformer.metrics import BLEU_STYLES, corpus_bleu, load_bleu, paper_bleu
 
 from . import checkpoints
 from .build import DEFAULT_VOCAB_SIZE, PRESETS, build_model, build_tokenizer
 from .data import DataError, TokenBatchSampler, lengths, load_translation_dataset, tokenize
 from .evaluation import translate_split, validation_loss
-from .recipe import paper_learning_rate, paper_optimizer
+from .recipe import RECIPES, TOKENS_PER_STEP, paper_learning_rate, paper_optimizer, split_tokens_per_step
 from .tracking import JSONLTracker, plot_learning_curve, truncate_log
 
 logger = logging.getLogger("training.train")
@@ -50,11 +50,15 @@ logger = logging.getLogger("training.train")
 RUN_OUTPUTS = ("checkpoints", "tokenizer", "logs", "model", "learning_curve.png", "attention.png", "translations.txt")
 STOP_REQUESTED = threading.Event()  # set by SIGTERM
 MAX_LOG_PERPLEXITY = 700.0  # math.exp overflows a float past ~709.8
+DEFAULT_MAX_TOKENS = 2048  # a batch of the main job on a CPU
 MAX_NON_FINITE_STEPS = 10  # updates skipped in a row for a non-finite gradient before the run stops
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", choices=RECIPES, default=None,
+                        help="the paper's hyperparameters for its WMT14 run (§5, §6.1); a flag given overrides its "
+                        "value, and local files (--train_file ...) replace its dataset")
     model = parser.add_argument_group("model")
     model.add_argument("--config_name", default=None,
                        help=f"a preset ({', '.join(PRESETS)}) or a config.json path; default: small")
@@ -92,8 +96,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     optim.add_argument("--learning_rate", type=float, default=2e-3,
                        help="peak rate, reached after warmup; 0: the paper's d_model^-0.5 · warmup^-0.5")
     optim.add_argument("--warmup_steps", type=positive_int, default=200)
-    optim.add_argument("--max_tokens", type=positive_int, default=2048, help="tokens per batch and process (§5.1: 25000)")
-    optim.add_argument("--gradient_accumulation_steps", type=positive_int, default=1)
+    optim.add_argument("--max_tokens", type=positive_int, default=None,
+                       help=f"tokens per batch and process (default {DEFAULT_MAX_TOKENS})")
+    optim.add_argument("--gradient_accumulation_steps", type=positive_int, default=None, help="default 1")
+    optim.add_argument("--tokens_per_step", type=positive_int, default=None,
+                       help=f"tokens per optimizer step over all processes (§5.1: {TOKENS_PER_STEP}); sets --max_tokens, "
+                       "or --gradient_accumulation_steps where --max_tokens is given")
     optim.add_argument("--max_grad_norm", type=float, default=0.0, help="clip gradients to this norm; 0: no clipping")
     optim.add_argument("--mixed_precision", default="auto", choices=["auto", "no", "fp16", "bf16"],
                        help="auto: bf16 where the hardware multiplies bf16 natively, else no (float32)")
@@ -118,11 +126,20 @@ def parse_args(argv=None) -> argparse.Namespace:
                             help="beam size of the final BLEU; default: the model's (§6.1: 4)")
     evaluation.add_argument("--length_penalty", type=float, default=None,
                             help="length penalty of the final BLEU; default: the model's (§6.1: 0.6)")
+    evaluation.add_argument("--bleu_style", choices=BLEU_STYLES, default="sacrebleu",
+                            help="paper: also the final tokenized, compound-split BLEU of the paper's WMT14 tables "
+                            "(needs sacremoses)")
     evaluation.add_argument("--logging_steps", type=positive_int, default=20)
     evaluation.add_argument("--with_tracking", action=argparse.BooleanOptionalAction, default=True,
                             help="log to the trackers of --report_to besides the JSONL log")
     evaluation.add_argument("--report_to", default="tensorboard", help="Accelerate trackers, e.g. tensorboard, wandb, all")
+    recipe = parser.parse_known_args(argv)[0].recipe
+    if recipe:
+        parser.set_defaults(**RECIPES[recipe])
     args = parser.parse_args(argv)
+    if recipe and any((args.train_file, args.validation_file, args.test_file)) and (
+            args.dataset_name == RECIPES[recipe]["dataset_name"]):
+        args.dataset_name = args.dataset_config_name = None
     ranges = {"learning_rate": (0, math.inf), "num_train_epochs": (1e-9, math.inf), "max_grad_norm": (0, math.inf),
               "label_smoothing": (0, 0.999), "dropout": (0, 0.999), "length_penalty": (-math.inf, math.inf)}
     for name, (low, high) in ranges.items():
@@ -221,6 +238,22 @@ def start(args) -> Run:
     logger.info("%s; %d process(es) on %s; mixed precision: %s", accelerator.distributed_type,
                 accelerator.num_processes, accelerator.device, accelerator.mixed_precision)
     run = Run(args, accelerator, output)
+    if args.recipe:
+        logger.info("--recipe %s: %s", args.recipe, " ".join(f"--{name} {getattr(args, name)}"
+                                                             for name in RECIPES[args.recipe]))
+    if args.tokens_per_step:
+        try:
+            args.max_tokens, args.gradient_accumulation_steps = split_tokens_per_step(
+                args.tokens_per_step, accelerator.num_processes, args.max_tokens, args.gradient_accumulation_steps)
+        except ValueError as error:
+            raise RunStopped(f"error: {error}") from None
+        logger.info("--tokens_per_step %d: --max_tokens %d × %d process(es) × --gradient_accumulation_steps %d",
+                    args.tokens_per_step, args.max_tokens, accelerator.num_processes, args.gradient_accumulation_steps)
+    args.max_tokens = args.max_tokens or DEFAULT_MAX_TOKENS
+    args.gradient_accumulation_steps = args.gradient_accumulation_steps or 1
+    if args.bleu_style == "paper" and importlib.util.find_spec("sacremoses") is None:  # now, not after training
+        raise RunStopped("--bleu_style paper needs sacremoses (Moses tokenization): "
+                         "pip install 'hf-vanilla-transformer[wmt]'")
     if args.export_ctranslate2:
         try:
             import_ctranslate2()  # now, not after training
@@ -518,6 +551,10 @@ def evaluate(run: Run) -> dict:
             (run.output / "translations.txt").write_text("".join(f"{line}\n" for line in hypotheses), encoding="utf-8")
         results.update(bleu=round(bleu["score"], 2), bleu_signature=bleu["signature"], eval_split=split,
                        eval_sentences=len(sources), example_source=sources[0].replace('"', "'"))
+        if args.bleu_style == "paper":
+            paper = paper_bleu(hypotheses, [p[args.target_lang] for p in pairs], args.target_lang)
+            results.update(paper_bleu=round(paper["score"], 2), paper_bleu_signature=paper["signature"])
+            logger.info("%s BLEU %.2f as the paper computed it (%s)", split, paper["score"], paper["signature"])
         accelerator.log({f"{split}_bleu": bleu["score"]}, step=run.step)
         logger.info("%s BLEU %.2f (%s) with the average of %d checkpoints", split, bleu["score"], bleu["signature"],
                     len(usable))
