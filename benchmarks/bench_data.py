@@ -97,6 +97,25 @@ def cpu_name() -> str:
     return f"{model} ({', '.join(extensions) or 'AVX2 only' if 'avx2' in flags else 'no AVX2'})"
 
 
+def check_sampler(pairs: int, max_tokens: int = 25_000, replicas: int = 2, group: int = 2) -> dict:
+    """§5.1's token batches at this size, on lengths like the corpus's: over `replicas` processes × `group`
+    micro-batches an epoch holds every pair exactly once, and a resumed epoch is the rest of the same epoch."""
+    sys.path.insert(0, str(ROOT))
+    from training.data import TokenBatchSampler
+
+    lengths = np.random.default_rng(0).integers(5, 150, pairs)
+    started = time.time()
+    samplers = [TokenBatchSampler(lengths, max_tokens, seed=1, num_replicas=replicas, rank=rank, group=group)
+                for rank in range(replicas)]
+    epoch = [list(sampler) for sampler in samplers]
+    seconds = (time.time() - started) / replicas
+    seen = np.sort(np.concatenate([np.concatenate(batches) for batches in epoch]))
+    samplers[0].set_epoch(0, start=len(epoch[0]) // 2)
+    return {"pairs": pairs, "batches_per_process": len(epoch[0]), "seconds_per_epoch_and_process": round(seconds, 1),
+            "each_pair_once": bool(np.array_equal(seen, np.arange(pairs))),
+            "resumed_epoch_is_the_rest": list(samplers[0]) == epoch[0][len(epoch[0]) // 2 :]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", type=int, nargs="+", default=[200_000, 1_000_000])
@@ -123,6 +142,7 @@ def main() -> None:
                    "tokenizing_pairs_per_s": round(pairs / (cold["tokenizing"] * 60)),
                    "raw_encode_batch_pairs_per_s": round(raw)}
             row["tokenizing_vs_raw"] = round(row["tokenizing_pairs_per_s"] / raw, 2)
+            row["sampler"] = check_sampler(pairs)
             rows.append(row)
             print(json.dumps(row), flush=True)
             subprocess.run(["rm", "-rf", str(cache), str(output), str(output) + "-rerun"], check=True)

@@ -384,6 +384,10 @@ def test_a_recipe_sets_the_papers_flags_and_any_flag_given_overrides_it():
     base = parse_args(["--recipe", "wmt14-en-de-base", "--dropout", "0.2", "--train_file", "corpus"])
     assert (base.config_name, base.dropout, base.max_steps, base.average_checkpoints) == ("base", 0.2, 100_000, 5)
     assert base.dataset_name is None and base.dataset_config_name is None  # local files replace the recipe's data
+    continued = parse_args(["--recipe", "wmt14-en-de-base", "--model_name_or_path", "saved"])
+    assert continued.config_name is None and continued.vocab_size is None  # the saved model fixes them
+    with pytest.raises(SystemExit):  # but given by hand, they are refused as ever
+        parse_args(["--recipe", "wmt14-en-de-base", "--model_name_or_path", "saved", "--config_name", "big"])
     plain = parse_args([])
     assert (plain.recipe, plain.tokens_per_step, plain.max_tokens, plain.dropout) == (None, None, None, None)
 

@@ -137,9 +137,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     if recipe:
         parser.set_defaults(**RECIPES[recipe])
     args = parser.parse_args(argv)
-    if recipe and any((args.train_file, args.validation_file, args.test_file)) and (
-            args.dataset_name == RECIPES[recipe]["dataset_name"]):
-        args.dataset_name = args.dataset_config_name = None
+    if recipe:  # local files replace the recipe's dataset; a saved model or tokenizer, its architecture or vocabulary
+        preset, local = RECIPES[recipe], any((args.train_file, args.validation_file, args.test_file))
+        replaced = {"dataset_name": local, "dataset_config_name": local, "config_name": args.model_name_or_path,
+                    "vocab_size": args.model_name_or_path or args.tokenizer_name}
+        for name, by in replaced.items():
+            if by and getattr(args, name) == preset[name]:
+                setattr(args, name, None)
     ranges = {"learning_rate": (0, math.inf), "num_train_epochs": (1e-9, math.inf), "max_grad_norm": (0, math.inf),
               "label_smoothing": (0, 0.999), "dropout": (0, 0.999), "length_penalty": (-math.inf, math.inf)}
     for name, (low, high) in ranges.items():
