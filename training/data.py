@@ -226,21 +226,23 @@ def tokenize(dataset: Dataset, tokenizer, source_lang: str, target_lang: str, ma
 
     def encode(pairs):
         sources, labels = ids([p[source_lang] for p in pairs]), ids([p[target_lang] for p in pairs])
-        return {"input_ids": sources, "labels": labels, "length": [max(map(len, p)) for p in zip(sources, labels)]}
+        lengths = [max(len(source), len(label)) for source, label in zip(sources, labels)]
+        kept = [i for i, length in enumerate(lengths) if length <= max_length]  # dropped here, not by a filter,
+        # so the result is one contiguous table (a filter's index mapping makes every later read a gather)
+        return {"input_ids": [sources[i] for i in kept], "labels": [labels[i] for i in kept],
+                "length": [lengths[i] for i in kept]}
 
     if fingerprint is not None:
-        key = f"{dataset._fingerprint} {fingerprint} {source_lang} {target_lang}"
+        key = f"{dataset._fingerprint} {fingerprint} {source_lang} {target_lang} {max_length}"
         fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
-    encoded = dataset.map(encode, input_columns="translation", batched=True, batch_size=TOKENIZE_BATCH,
-                          remove_columns=dataset.column_names, features=TOKENIZED, num_proc=num_proc,
-                          new_fingerprint=fingerprint, desc="Tokenizing")
-    return encoded.filter(lambda lengths: [n <= max_length for n in lengths], input_columns="length", batched=True,
-                          num_proc=num_proc, desc="Leaving out over-long pairs")
+    return dataset.map(encode, input_columns="translation", batched=True, batch_size=TOKENIZE_BATCH,
+                       remove_columns=dataset.column_names, features=TOKENIZED, num_proc=num_proc,
+                       new_fingerprint=fingerprint, desc="Tokenizing")
 
 
 def lengths(dataset: Dataset) -> np.ndarray:
-    """The `length` column as one array, read from Arrow without a Python object per pair."""
-    return dataset.with_format("numpy", columns=["length"])["length"]
+    """The `length` column as one array, read from Arrow at once (iterating the column costs ~0.3 ms a pair)."""
+    return dataset.with_format("arrow", columns=["length"])[:]["length"].to_numpy()
 
 
 class TokenBatchSampler:
