@@ -9,7 +9,8 @@ times: cold (an empty `datasets` cache), a rerun into a fresh output folder (the
 learned again), and a resume of the cold run (`--resume_from_checkpoint latest`). Reported: the run's own phase
 minutes (reading into Arrow, learning the vocabulary, tokenizing, setup) and their sum, the time to the first step;
 the peak resident memory of the largest process (`ru_maxrss`: it counts the pages of the memory-mapped Arrow files
-the process touched, shared with the page cache and the other processes, so private memory is below it); and the
+the process touched, which belong to the page cache, are shared with the other processes and are dropped first
+under memory pressure) and, sampled every 0.2 s, its peak private memory (`RssAnon`: without those pages); and the
 tokenizing throughput against `tokenizers`' own `encode_batch` of both sides of 200k pairs of the same corpus, on
 the same cores, with the tokenizer the run learned. Several processes go through `accelerate launch --multi_gpu`
 over gloo (`ACCELERATE_USE_CPU=true`), as on a machine without GPUs.
@@ -62,16 +63,42 @@ def run_training(corpus: Path, output: Path, processes: int, cache: Path, extra:
                *extra]
     env = {**os.environ, "HF_DATASETS_CACHE": str(cache), "ACCELERATE_USE_CPU": "true", "HF_HUB_OFFLINE": "1",
            "HF_DATASETS_OFFLINE": "1", "HF_EVALUATE_OFFLINE": "1"}
-    started = time.time()
-    done = subprocess.run([sys.executable, "-c", MEASURE, *command], cwd=ROOT, env=env, capture_output=True, text=True)
-    if done.returncode:
-        raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+    started, private = time.time(), 0
+    with tempfile.TemporaryFile("w+") as log:
+        launched = subprocess.Popen([sys.executable, "-c", MEASURE, *command], cwd=ROOT, env=env, stdout=log,
+                                    stderr=subprocess.STDOUT, text=True)
+        while launched.poll() is None:  # the largest private (anonymous) memory of any process of the run
+            private = max([private, *map(anonymous_kb, process_tree(launched.pid))])
+            time.sleep(0.2)
+        log.seek(0)
+        text = log.read()
+    if launched.returncode:
+        raise SystemExit(f"{' '.join(command)} failed:\n{text[-3000:]}")
     results = json.loads((output / "model" / "training_results.json").read_text())
     phases = results["phase_minutes"]
     return {"wall_minutes": round((time.time() - started) / 60, 2),
             **{name: phases.get(name, 0.0) for name in DATA_PHASES},
             "to_first_step_minutes": round(sum(phases.get(name, 0.0) for name in DATA_PHASES), 2),
-            "peak_rss_gb": round(int(done.stderr.strip().splitlines()[-1]) / 2**20, 2)}
+            "peak_rss_gb": round(int(text.strip().splitlines()[-1]) / 2**20, 2),
+            "peak_private_gb": round(private / 2**20, 2)}
+
+
+def process_tree(pid: int) -> list[int]:
+    import psutil  # installed with accelerate
+
+    try:
+        return [pid, *(child.pid for child in psutil.Process(pid).children(recursive=True))]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def anonymous_kb(pid: int) -> int:
+    """A process's resident anonymous memory (`RssAnon`: its own, not the page cache of mapped files), in kB."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    return next((int(line.split()[1]) for line in status.splitlines() if line.startswith("RssAnon:")), 0)
 
 
 def raw_encode_rate(corpus: Path, tokenizer_folder: Path, pairs: int = 200_000) -> float:
@@ -147,14 +174,14 @@ def main() -> None:
             print(json.dumps(row), flush=True)
             subprocess.run(["rm", "-rf", str(cache), str(output), str(output) + "-rerun"], check=True)
     print("\n| pairs | processes | cold: reading, vocabulary, tokenizing, setup (min) | to step 1: cold, rerun, "
-          "resume (min) | peak RSS cold / rerun (GB) | tokenizing pairs/s (× raw encode_batch) |")
+          "resume (min) | peak RSS / private, cold (GB) | tokenizing pairs/s (× raw encode_batch) |")
     print("| --- | --- | --- | --- | --- | --- |")
     for row in rows:
         cold = row["cold"]
         print(f"| {row['pairs']:,} | {row['processes']} | {cold['reading_data']}, {cold['learning_vocabulary']}, "
               f"{cold['tokenizing']}, {cold['setup']} | {cold['to_first_step_minutes']}, "
               f"{row['rerun']['to_first_step_minutes']}, {row['resume']['to_first_step_minutes']} | "
-              f"{cold['peak_rss_gb']} / {row['rerun']['peak_rss_gb']} | {row['tokenizing_pairs_per_s']:,} "
+              f"{cold['peak_rss_gb']} / {cold['peak_private_gb']} | {row['tokenizing_pairs_per_s']:,} "
               f"({row['tokenizing_vs_raw']}×) |")
     machine = {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version()}
     output = Path(args.output)

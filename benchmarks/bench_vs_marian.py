@@ -214,13 +214,13 @@ def prepare_batches(args, data_dir: Path) -> None:
     from transformers import DataCollatorForSeq2Seq
 
     from hf_vanilla_transformer import train_tokenizer
-    from training.data import TokenBatchSampler, load_translation_dataset, tokenize
+    from training.data import TokenBatchSampler, lengths, load_translation_dataset, tokenize
 
     splits = load_translation_dataset("de", "en")
     pairs = splits["train"]["translation"]
     tokenizer = train_tokenizer([p["de"] for p in pairs] + [p["en"] for p in pairs], vocab_size=args.vocab_size)
     data = tokenize(splits["train"], tokenizer, "de", "en", max_length=256)
-    sampler = TokenBatchSampler(data["length"], args.max_tokens, seed=0)
+    sampler = TokenBatchSampler(lengths(data), args.max_tokens, seed=0)
     collate = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
     rows = data.remove_columns("length")
     batches = []

@@ -72,6 +72,7 @@ def model_card_values(model) -> dict:
 def render_model_card(values: dict, template: str | Path = MODEL_CARD_TEMPLATE) -> str:
     """`model_card.md` with its `${name}` fields filled from `values`; a missing value raises `KeyError`."""
     values = {"repo_id": f"your-username/{values.get('model_name', 'model')}", "ctranslate2_usage": "",
+              "paper_bleu_line": "",
               "extra_output_tokens": EXTRA_OUTPUT_TOKENS, "generation_num_beams": NUM_BEAMS,
               "generation_length_penalty": LENGTH_PENALTY, **values}  # the last three: folders saved before them
     return string.Template(Path(template).read_text()).substitute(values)

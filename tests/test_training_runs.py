@@ -360,6 +360,7 @@ def test_the_wmt14_recipe_runs_end_to_end_on_two_processes_at_tiny_scale(tmp_pat
     assert results["dataset"] == "train" and results["eval_split"] == "test"
     assert 0 <= results["paper_bleu"] <= 100 and 0 <= results["bleu"] <= 100
     assert results["paper_bleu_signature"].startswith("tokenizer.perl -l de")
+    assert f"BLEU as the paper computed it: **{results['paper_bleu']:.2f}**" in (output / "model" / "README.md").read_text()
     config = json.loads((output / "model" / "config.json").read_text())
     assert (config["src_lang"], config["tgt_lang"]) == ("en", "de")
     steps = [r["step"] for r in log(output) if "eval_loss" in r]

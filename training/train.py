@@ -557,7 +557,9 @@ def evaluate(run: Run) -> dict:
                        eval_sentences=len(sources), example_source=sources[0].replace('"', "'"))
         if args.bleu_style == "paper":
             paper = paper_bleu(hypotheses, [p[args.target_lang] for p in pairs], args.target_lang)
-            results.update(paper_bleu=round(paper["score"], 2), paper_bleu_signature=paper["signature"])
+            results.update(paper_bleu=round(paper["score"], 2), paper_bleu_signature=paper["signature"],
+                           paper_bleu_line=f"BLEU as the paper computed it: **{paper['score']:.2f}** "
+                                           f"(`{paper['signature']}`).")
             logger.info("%s BLEU %.2f as the paper computed it (%s)", split, paper["score"], paper["signature"])
         accelerator.log({f"{split}_bleu": bleu["score"]}, step=run.step)
         logger.info("%s BLEU %.2f (%s) with the average of %d checkpoints", split, bleu["score"], bleu["signature"],
