@@ -233,6 +233,7 @@ def prepare_batches(args, data_dir: Path) -> None:
         batches.append({**batch, "decoder_input_ids": decoder_input_ids})
     torch.save(batches, data_dir / "batches.pt")
     args.vocab_size = len(tokenizer)
+    args.split_target_tokens = sum(map(len, data["labels"]))  # an epoch's, in this vocabulary
 
 
 def main(argv=None) -> dict:
