@@ -15,7 +15,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -26,6 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from benchmarks.bench_data import cpu_name  # noqa: E402
 from hf_vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration  # noqa: E402
 from hf_vanilla_transformer.ctranslate2_backend import export_ctranslate2  # noqa: E402
 from hf_vanilla_transformer.metrics import corpus_bleu  # noqa: E402
@@ -92,7 +92,7 @@ def main(argv=None) -> dict:
                     "bleu": corpus_bleu(hypotheses, references)["score"], "hypotheses": hypotheses}
 
     print(f"\n{args.preset} model ({args.model}), test_2016_flickr, {len(sources)} sentences, "
-          f"{platform.processor() or 'CPU'}, {args.threads} threads\n")
+          f"{cpu_name()}, {args.threads} threads\n")
     print(f"{'backend':<14}{'decoding':<9}{'sent/s':>9}{'vs HF':>8}{'BLEU':>8}{'same as HF':>12}")
     table = []
     for key, result in results.items():
@@ -108,7 +108,7 @@ def main(argv=None) -> dict:
               f"{same:>7}/{len(sources)}")
     report = {"model": args.model, "preset": args.preset, "sentences": len(sources), "threads": args.threads,
               "max_new_tokens": args.max_new_tokens,
-              "cpu": platform.processor(), "table": table}
+              "cpu": cpu_name(), "table": table}
     if args.output:
         Path(args.output).write_text(json.dumps(report, indent=2))
     return report
