@@ -32,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.bench_data import cpu_name  # noqa: E402
-from benchmarks.bench_vs_marian import gemm_peak, prepare_batches, timed  # noqa: E402
+from benchmarks.bench_vs_marian import build, gemm_peak, prepare_batches, timed  # noqa: E402
 from training.train import native_mixed_precision  # noqa: E402
 
 LEVERS = {  # name: what it changes against the main job's step
@@ -42,14 +42,12 @@ LEVERS = {  # name: what it changes against the main job's step
 
 
 def measure(args: argparse.Namespace, data_dir: str) -> dict:
-    from hf_vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
     from training.recipe import paper_optimizer
 
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     batches = torch.load(Path(data_dir) / "batches.pt")
-    model = VanillaTransformerForConditionalGeneration(VanillaTransformerConfig.small(
-        vocab_size=args.vocab_size, attn_implementation="eager"))
+    model = build("ours", "small", args.vocab_size, "eager")
     model.train()
     optimizer, _ = paper_optimizer(model, warmup_steps=200, learning_rate=2e-3)
     forward = torch.compile(model, dynamic=True) if args.compile else model
@@ -87,15 +85,19 @@ def main(argv=None) -> dict:
     context = multiprocessing.get_context("spawn")
     rounds = {lever: [] for lever in levers}
     with tempfile.TemporaryDirectory() as root:
-        settings = {}
+        settings, prepared = {}, {}  # prepared: (vocabulary, batch size) -> its batches' folder and split size
         for lever in levers:  # each lever's batches: the training split cut by its own sampler and vocabulary
             setting = argparse.Namespace(**{**vars(args), "vocab_size": 6000, "max_tokens": 2048, "compile": False,
                                             **LEVERS[lever]})
             setting.steps = args.steps * 2048 // setting.max_tokens
-            data_dir = Path(root) / lever
-            data_dir.mkdir()
-            prepare_batches(setting, data_dir)
-            settings[lever] = (setting, str(data_dir))
+            key = (setting.vocab_size, setting.max_tokens)
+            if key not in prepared:
+                data_dir = Path(root) / f"vocab{key[0]}-tokens{key[1]}"
+                data_dir.mkdir()
+                prepare_batches(setting, data_dir)
+                prepared[key] = (str(data_dir), setting.vocab_size, setting.split_target_tokens)
+            data_dir, setting.vocab_size, setting.split_target_tokens = prepared[key]
+            settings[lever] = (setting, data_dir)
         for round_ in range(args.rounds):
             for lever in levers if round_ % 2 == 0 else levers[::-1]:
                 with context.Pool(1) as pool:
