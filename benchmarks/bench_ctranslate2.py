@@ -5,10 +5,10 @@
 
 Translates test_2016_flickr (the first `--sentences`) with each backend through `translate` (the same batching,
 beam 4 with length penalty 0.6 or greedy, at most source length + 50 tokens), `--threads` CPU threads each, in a
-process of its own, one untimed pass over a few sentences first. Reports sentences/s, the speed-up over HF, sacreBLEU, and how many
-translations equal HF's token for token (with the sentences that differ). `--preset base` swaps in a model of the
-paper's base shape with random weights and the same tokenizer: it never ends a sentence, so every backend
-generates exactly `--max_new_tokens` (32) tokens per sentence.
+process of its own, one untimed pass over a few sentences first. Reports sentences/s, the speed-up over HF,
+sacreBLEU, and how many translations equal HF's token for token (with the sentences that differ). `--preset base`
+swaps in a model of the paper's base shape with random weights and the same tokenizer: it never ends a sentence,
+so every backend generates exactly `--max_new_tokens` (32) tokens per sentence.
 """
 
 import argparse
@@ -32,7 +32,8 @@ from hf_vanilla_transformer.metrics import corpus_bleu  # noqa: E402
 from hf_vanilla_transformer.translate import load_translator, translate  # noqa: E402
 from training.data import load_translation_dataset  # noqa: E402
 
-BACKENDS = (("hf", "transformers", None), ("ct2-float32", "ctranslate2", "float32"), ("ct2-int8", "ctranslate2", "int8"))
+BACKENDS = (("hf", "transformers", None), ("ct2-float32", "ctranslate2", "float32"),
+            ("ct2-int8", "ctranslate2", "int8"))
 
 
 def base_shaped(model_dir: Path, folder: Path) -> Path:

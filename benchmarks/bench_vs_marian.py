@@ -127,7 +127,8 @@ def measure(kind: str, what: str, args: argparse.Namespace, data_dir: str) -> di
 
         def generate(batch):
             with torch.inference_mode(), autocast:
-                model.generate(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                model.generate(input_ids=batch["input_ids"].to(device),
+                               attention_mask=batch["attention_mask"].to(device),
                                num_beams=beams, min_new_tokens=args.new_tokens, max_new_tokens=args.new_tokens,
                                do_sample=False, **({"length_penalty": 0.6} if beams > 1 else {}))
             return batch["input_ids"].shape[0]
@@ -279,7 +280,8 @@ def main(argv=None) -> dict:
         flops = 6 * results["ours"]["train"]["parameters"] * results[kind]["train"]["target_tokens_per_second"]
         results[kind]["train"]["mfu"] = flops / peak
 
-    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{platform.processor() or 'CPU'} ({args.threads} threads)"
+    device = (torch.cuda.get_device_name() if args.device.startswith("cuda")
+              else f"{platform.processor() or 'CPU'} ({args.threads} threads)")
     size = f"{args.preset} preset" + (f" at d_model {args.d_model}" if args.d_model else "")
     print(f"\n{size}, {results['ours']['train']['parameters']:,} parameters (Marian "
           f"{results['marian']['train']['parameters']:,}), {args.dtype}, attention {args.attn}, on {device}\n")
@@ -302,7 +304,8 @@ def main(argv=None) -> dict:
             for phase in ours:
                 print(f"{what + ' ' + phase:<34}" + "".join(
                     f"{p[phase]:>9.0f} ({100 * p[phase] / sum(p.values()):>2.0f}%)" for p in (ours, marian)))
-    report = {"preset": args.preset, "d_model": args.d_model, "device": device, "dtype": args.dtype, "attention": args.attn,
+    report = {"preset": args.preset, "d_model": args.d_model, "device": device, "dtype": args.dtype,
+              "attention": args.attn,
               "max_tokens": args.max_tokens, "gemm_peak_flops": peak, "results": results, "table": table}
     if args.output:
         Path(args.output).write_text(json.dumps(report, indent=2))

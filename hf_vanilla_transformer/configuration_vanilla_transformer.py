@@ -8,7 +8,6 @@ folder carries it as remote code.
 from transformers import PreTrainedConfig
 from transformers.activations import ACT2FN
 
-
 POSITION_EMBEDDING_TYPES = ("sinusoidal", "learned", "rope", "alibi")
 
 
@@ -38,7 +37,7 @@ class VanillaTransformerConfig(PreTrainedConfig):
     normalize_before: bool = False  # False: LayerNorm(x + Sublayer(x)) as in §3.1; True: pre-LN
     max_position_embeddings: int = 1024  # longest source or target sequence accepted
     # How tokens know their position: "sinusoidal" (§3.5), "learned" (Table 3, row E), "rope" (rotary queries and
-    # keys in self-attention) or "alibi" (linear distance biases on self-attention scores); see POSITION_EMBEDDING_TYPES.
+    # keys in self-attention) or "alibi" (linear distance biases on self-attention scores): POSITION_EMBEDDING_TYPES.
     position_embedding_type: str = "sinusoidal"
     scale_embedding: bool = True  # multiply embeddings by sqrt(d_model) (§3.4)
     init_std: float | None = None  # std of the embedding init; None means d_model ** -0.5
@@ -97,7 +96,8 @@ class VanillaTransformerConfig(PreTrainedConfig):
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"`{name}` must be in [0, 1), got {value!r}")
         if self.activation_function not in ACT2FN:
-            raise ValueError(f"`activation_function` {self.activation_function!r} is unknown; use one of {sorted(ACT2FN)}")
+            raise ValueError(f"`activation_function` {self.activation_function!r} is unknown; "
+                             f"use one of {sorted(ACT2FN)}")
         if self.init_std is not None and self.init_std <= 0:
             raise ValueError(f"`init_std` must be positive, got {self.init_std!r}")
         for name in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id"):

@@ -44,8 +44,8 @@ by `hf-vanilla-transformer` (weights: `{quantization}`). With that package insta
 python -m hf_vanilla_transformer.translate --model {folder} --backend ctranslate2 "{example}"
 ```
 
-or with `ctranslate2` and `transformers` alone (beam {num_beams}, length penalty {length_penalty}, at most source length +
-{extra_tokens} tokens with the end of the sentence, which CTranslate2 does not count, §6.1):
+or with `ctranslate2` and `transformers` alone (beam {num_beams}, length penalty {length_penalty}, at most source
+length + {extra_tokens} tokens with the end of the sentence, which CTranslate2 does not count, §6.1):
 
 ```python
 import ctranslate2
@@ -76,7 +76,8 @@ def check_exportable(config: VanillaTransformerConfig) -> None:
         raise ValueError(f"encoder_attention_heads={config.encoder_attention_heads} and decoder_attention_heads="
                          f"{config.decoder_attention_heads}: CTranslate2 takes one head count for both stacks")
     if config.attention_key_dim not in (None, config.d_model // config.encoder_attention_heads):
-        raise ValueError(f"attention_key_dim={config.attention_key_dim}: CTranslate2's attention takes queries and keys "
+        raise ValueError(f"attention_key_dim={config.attention_key_dim}: "
+                         "CTranslate2's attention takes queries and keys "
                          f"of d_model / heads = {config.d_model // config.encoder_attention_heads} features per head")
     if config.position_embedding_type not in ("sinusoidal", "learned"):
         raise ValueError(f"position_embedding_type={config.position_embedding_type!r}: CTranslate2's encoder-decoder "
@@ -89,7 +90,8 @@ def check_exportable(config: VanillaTransformerConfig) -> None:
 
 def transformer_spec(model, tokenizer):
     """The `ctranslate2.specs.TransformerSpec` of `model` (a `VanillaTransformerForConditionalGeneration`)."""
-    from ctranslate2.specs import common_spec, transformer_spec as ct2
+    from ctranslate2.specs import common_spec
+    from ctranslate2.specs import transformer_spec as ct2
 
     config = model.config
     check_exportable(config)
@@ -102,7 +104,8 @@ def transformer_spec(model, tokenizer):
     for stack_spec, stack in ((spec.encoder, model.model.encoder), (spec.decoder, model.model.decoder)):
         stack_spec.scale_embeddings = math.sqrt(config.d_model) if config.scale_embedding else 1.0
         with torch.no_grad():  # §3.5's sinusoids (sin and cos interleaved) or Table 3's learned vectors, as a table
-            stack_spec.position_encodings.encodings = stack.embed_positions(torch.arange(config.max_position_embeddings))
+            positions = torch.arange(config.max_position_embeddings)
+            stack_spec.position_encodings.encodings = stack.embed_positions(positions)
         embeddings = stack_spec.embeddings[0] if isinstance(stack_spec.embeddings, list) else stack_spec.embeddings
         embeddings.weight = stack.embed_tokens.weight
         if config.normalize_before:

@@ -141,12 +141,14 @@ def push(folder: str | Path, repo_id: str, private: bool = False, dry_run: bool 
     try:
         card = render_model_card({**values, "model_name": repo_id.split("/")[-1], "repo_id": repo_id})
     except KeyError as missing:
-        raise ValueError(f"{folder / RESULTS_NAME} lacks {missing} for the model card: evaluate the model first") from None
+        raise ValueError(f"{folder / RESULTS_NAME} lacks {missing} for the model card: "
+                         "evaluate the model first") from None
     if not dry_run:
         api = HfApi(token=token)
         api.create_repo(repo_id, private=private, exist_ok=True)
         operations = [CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode())]
-        operations += [CommitOperationAdd(path_in_repo=f, path_or_fileobj=str(folder / f)) for f in files if f != "README.md"]
+        operations += [CommitOperationAdd(path_in_repo=f, path_or_fileobj=str(folder / f))
+                       for f in files if f != "README.md"]
         api.create_commit(repo_id, operations, commit_message=f"Upload {repo_id.split('/')[-1]}")
     return files, card, left_out
 

@@ -14,7 +14,8 @@ def load_model(name_or_path: str | Path, **kwargs):
     try:
         return AutoModelForSeq2SeqLM.from_pretrained(name_or_path, **kwargs)
     except SafetensorError as error:
-        raise OSError(f"model.safetensors is damaged or cut short ({error}): save or download the model again") from None
+        raise OSError(f"model.safetensors is damaged or cut short ({error}): "
+                      "save or download the model again") from None
     except RuntimeError as error:
         if "mismatch" not in str(error):
             raise

@@ -41,7 +41,6 @@ from .configuration_vanilla_transformer import VanillaTransformerConfig
 from .decoding import SourceLengthLimit, output_limits, set_paper_decoding
 from .kernels import Dropout, LabelSmoothedCrossEntropy
 
-
 # transformers 5.24 renamed the key-value cache, argument and output field alike, from `past_key_values` to `cache`.
 # The model's forwards take `cache` (and `past_key_values`, the name `generate` passes before 5.24) and return the cache
 # in the field the installed transformers reads.

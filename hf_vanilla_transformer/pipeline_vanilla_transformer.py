@@ -15,7 +15,8 @@ from transformers import Pipeline
 from .tokenization import check_tokenizer_matches_model
 
 # The `custom_pipelines` entry of config.json that makes `pipeline("translation", ...)` load this file.
-CONFIG_ENTRY = {"translation": {"impl": "pipeline_vanilla_transformer.TranslationPipeline", "pt": ["AutoModelForSeq2SeqLM"]}}
+CONFIG_ENTRY = {"translation": {"impl": "pipeline_vanilla_transformer.TranslationPipeline",
+                                "pt": ["AutoModelForSeq2SeqLM"]}}
 
 
 class TranslationPipeline(Pipeline):

@@ -11,8 +11,9 @@ rows A-E change what Table 3's rows change, the last rows swap in pre-LN, RoPE a
 it over GPUs); arguments after `--` go to every run. A finished variant is not run again and an interrupted one
 resumes from its last checkpoint, so rerunning the command completes an interrupted ablation.
 
-The data is the embedded Multi30k de→en. `--length_split N` trains on the pairs whose source has at most N tokens and reports BLEU on the test sentences by
-source length, the longer ones never seen in training: where sinusoidal, learned, rotary and ALiBi positions differ.
+The data is the embedded Multi30k de→en. `--length_split N` trains on the pairs whose source has at most N tokens
+and reports BLEU on the test sentences by source length, the longer ones never seen in training: where sinusoidal,
+learned, rotary and ALiBi positions differ.
 OUTPUT gets `table.md`, `results.json` and `ablation.png` (with `--length_split`: `length_table.md`, `length.png`).
 """
 
@@ -30,6 +31,7 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from hf_vanilla_transformer import VanillaTransformerConfig
 from hf_vanilla_transformer.metrics import corpus_bleu, load_bleu
+
 from .data import load_translation_dataset
 
 logger = logging.getLogger("training.ablation")
@@ -78,7 +80,8 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     argv = argv[: argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, metavar="VARIANT",
-                        help=f"default: all ({', '.join(VARIANTS)}); with --length_split: {', '.join(POSITION_VARIANTS)}")
+                        help=f"default: all ({', '.join(VARIANTS)}); "
+                        f"with --length_split: {', '.join(POSITION_VARIANTS)}")
     parser.add_argument("--output_dir", default="outputs/ablation")
     parser.add_argument("--max_steps", type=int, default=500, help="the training budget of every variant, in steps")
     parser.add_argument("--length_split", type=int, default=None, metavar="N",

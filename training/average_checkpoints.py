@@ -12,6 +12,7 @@ from pathlib import Path
 from transformers import AutoTokenizer
 
 from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration
+
 from .checkpoints import load_average, usable_checkpoints
 
 

@@ -108,7 +108,8 @@ def build_model(args, tokenizer, device) -> VanillaTransformerForConditionalGene
                  if name not in TRAINING_FIELDS and value != getattr(saved, name)]
         if fixed:
             raise ValueError(f"--model_name_or_path {args.model_name_or_path}: continuing to train keeps the saved "
-                             f"architecture, so {', '.join(fixed)} cannot apply; only {', '.join(sorted(TRAINING_FIELDS))} "
+                             f"architecture, so {', '.join(fixed)} cannot apply; "
+                             f"only {', '.join(sorted(TRAINING_FIELDS))} "
                              "can change. Train a new model (--config_name) to change the others.")
         try:
             model = load_model(args.model_name_or_path, attn_implementation=attn_implementation, **overrides)

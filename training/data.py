@@ -156,7 +156,8 @@ def load_file(path: str, source_lang: str, target_lang: str) -> Dataset:
     # `datasets` would shard a list among generator calls.)
     files = tuple((str(file), file.stat().st_size, file.stat().st_mtime_ns) for file in paths)
     try:
-        return Dataset.from_generator(pairs, features=Features({"translation": Translation([source_lang, target_lang])}),
+        features = Features({"translation": Translation([source_lang, target_lang])})
+        return Dataset.from_generator(pairs, features=features,
                                       gen_kwargs={"files": files, "source_lang": source_lang,
                                                   "target_lang": target_lang})
     except DatasetGenerationError as error:
@@ -188,7 +189,8 @@ def load_translation_dataset(
             raise DataError(f"The embedded Multi30k is missing (expected in {MULTI30K}): reinstall the package, or "
                             "pass --train_file or --dataset_name")
         splits = DatasetDict(
-            {split: load_file(str(MULTI30K / name), source_lang, target_lang) for split, name in MULTI30K_SPLITS.items()}
+            {split: load_file(str(MULTI30K / name), source_lang, target_lang)
+             for split, name in MULTI30K_SPLITS.items()}
         )
     for split, dataset in splits.items():
         if "translation" not in dataset.column_names:
@@ -248,11 +250,11 @@ def lengths(dataset: Dataset) -> np.ndarray:
 class TokenBatchSampler:
     """§5.1: "Sentence pairs were batched together by approximate sequence length", up to `max_tokens` tokens.
 
-    A batch's size is its padded size: examples × the longest of their `lengths` (source or target). The batches of an epoch depend on
-    (seed, epoch) alone: lengths are bucketed with a random tie-break and the batch order is shuffled. Process
-    `rank` of `num_replicas` takes every `num_replicas`-th batch; the batch count is first made a multiple of
-    `num_replicas × group` (`group`: gradient accumulation) by halving the largest batches, so every process runs
-    the same steps and an epoch sees each example exactly once.
+    A batch's size is its padded size: examples × the longest of their `lengths` (source or target). The batches of an
+    epoch depend on (seed, epoch) alone: lengths are bucketed with a random tie-break and the batch order is
+    shuffled. Process `rank` of `num_replicas` takes every `num_replicas`-th batch; the batch count is first made a
+    multiple of `num_replicas × group` (`group`: gradient accumulation) by halving the largest batches, so every
+    process runs the same steps and an epoch sees each example exactly once.
     """
 
     def __init__(self, lengths, max_tokens: int, seed: int = 0, num_replicas: int = 1, rank: int = 0, group: int = 1):

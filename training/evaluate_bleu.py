@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch_size", type=positive_int, default=64)
     parser.add_argument("--device", default=None)
     parser.add_argument("--backend", choices=BACKENDS, default="transformers",
-                        help="ctranslate2: --model is a folder exported by `hf_vanilla_transformer.ctranslate2_backend`")
+                        help="ctranslate2: --model is a folder exported by "
+                        "`hf_vanilla_transformer.ctranslate2_backend`")
     parser.add_argument("--output_file", default=None, help="write the translations here, one a line")
     parser.add_argument("--bleu_style", choices=BLEU_STYLES, default="sacrebleu",
                         help="paper: also the tokenized, compound-split BLEU of the paper's WMT14 tables")

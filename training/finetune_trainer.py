@@ -26,6 +26,7 @@ from transformers import (
 
 from hf_vanilla_transformer import TranslationPipeline, check_tokenizer_matches_model
 from hf_vanilla_transformer.metrics import bleu_compute_metrics
+
 from .data import load_translation_dataset, tokenize
 
 logger = logging.getLogger("training.finetune_trainer")

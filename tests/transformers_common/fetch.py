@@ -35,7 +35,8 @@ def common_tests_root(version: str = transformers.__version__) -> Path:
                                f"{result.stderr.strip()[-500:]}")
         CACHE.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=CACHE))
-        shutil.copytree(STAND_INS, staging / PACKAGE, ignore=shutil.ignore_patterns("fetch.py", "README.md", "__pycache__"))
+        shutil.copytree(STAND_INS, staging / PACKAGE,
+                        ignore=shutil.ignore_patterns("fetch.py", "README.md", "__pycache__"))
         with tarfile.open(archives[0]) as archive:
             for name in FILES:
                 member = archive.getmember(f"transformers-{version}/tests/{name}")
