@@ -1,9 +1,19 @@
-"""Shared fixtures: tiny models, a tokenizer learned on a slice of the embedded Multi30k, an offline Hub."""
+"""Shared fixtures: tiny models, a tokenizer learned on a slice of the embedded Multi30k, an offline Hub; and a
+process that every test finds as the one before it found it (accelerate's state, threads, environment, signals)."""
 
 import gzip
+import io
+import logging
 import os
+import runpy
+import signal
+import subprocess
 import sys
+import traceback
+import warnings
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -16,10 +26,30 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_EVALUATE_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# The cores shared by pytest-xdist's workers (`-n auto`: one per core), so that workers do not oversubscribe them.
+THREADS = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+torch.set_num_threads(THREADS)
+os.environ["OMP_NUM_THREADS"] = str(THREADS)  # for the processes tests start (not the xdist controller's value)
 
 import hf_vanilla_transformer  # noqa: E402  (after the environment above)
 from hf_vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def fresh_process_state():
+    """What one test sets in the process never reaches another, whatever the order: accelerate's singletons (an
+    `Accelerator(mixed_precision="no")` would make the next one with "bf16" raise), torch's thread count, the
+    environment and the SIGTERM handler that `training.train.cli` installs."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    environment, handler = dict(os.environ), signal.getsignal(signal.SIGTERM)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)  # as accelerate's own test cases do after each test
+    GradientState._reset_state()
+    torch.set_num_threads(THREADS)
+    os.environ.clear()
+    os.environ.update(environment)
+    signal.signal(signal.SIGTERM, handler)
 
 
 def read_multi30k(split: str, lang: str, limit: int | None = None) -> list[str]:
@@ -49,10 +79,35 @@ def model() -> VanillaTransformerForConditionalGeneration:
     return VanillaTransformerForConditionalGeneration(tiny_config()).eval()
 
 
+def run_module(module: str, *args, stdin: str = "") -> subprocess.CompletedProcess:
+    """`python -m MODULE ARGS` run in this process, as `-m` runs it (`runpy`), where the new process is not what a
+    test checks: its exit status, stdout and stderr (its log records included), and an uncaught exception's
+    traceback on stderr with status 1, as the interpreter would end."""
+    stdout, stderr, status = io.StringIO(), io.StringIO(), 0
+    handler = logging.StreamHandler(stderr)
+    logging.getLogger().addHandler(handler)
+    standard_input = io.TextIOWrapper(io.BytesIO(stdin.encode() if isinstance(stdin, str) else stdin))
+    try:
+        with (mock.patch.object(sys, "argv", [module, *map(str, args)]),
+              mock.patch.object(sys, "stdin", standard_input),
+              redirect_stdout(stdout), redirect_stderr(stderr), warnings.catch_warnings()):
+            warnings.filterwarnings("ignore", message=".*found in sys.modules after import of package",
+                                    category=RuntimeWarning)  # runpy's note: the package imported the module
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
+    except SystemExit as exit_:
+        status = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
+        if isinstance(exit_.code, str):
+            stderr.write(exit_.code + "\n")
+    except Exception:  # noqa: BLE001 (what the interpreter prints)
+        stderr.write(traceback.format_exc())
+        status = 1
+    finally:
+        logging.getLogger().removeHandler(handler)
+    return subprocess.CompletedProcess([module, *args], status, stdout.getvalue(), stderr.getvalue())
+
+
 def run_python(code: str, cwd: Path, block_package: bool = False, timeout: int = 300, env: dict | None = None):
     """Run `code` in a fresh interpreter; with `block_package`, `hf_vanilla_transformer` cannot be imported there."""
-    import subprocess
-
     # As in this process (pyproject.toml), a deprecation met by the project's code, here its remote-code copy, fails.
     prelude = ("import warnings\nfor category in (DeprecationWarning, FutureWarning):\n"
                "    warnings.filterwarnings('error', category=category, module='transformers_modules')\n")

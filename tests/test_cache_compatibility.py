@@ -91,7 +91,8 @@ for name in {POSITION_IDS!r}:
     folder = {str(tmp_path)!r} + "/" + name
     model = AutoModelForSeq2SeqLM.from_pretrained(folder, trust_remote_code=True).eval()
     assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
-    batch = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)({SENTENCES!r}, padding=True, return_tensors="pt")
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
+    batch = tokenizer({SENTENCES!r}, padding=True, return_tensors="pt")
     for num_beams in (1, 4):
         outputs = [model.generate(**batch, num_beams=num_beams, max_new_tokens=16, use_cache=use_cache).tolist()
                    for use_cache in (True, False)]

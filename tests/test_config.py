@@ -17,7 +17,8 @@ def test_defaults_are_the_base_model_of_table_3():
 
 def test_big_preset_is_the_big_model_of_table_3():
     config = VanillaTransformerConfig.big(vocab_size=1000)
-    assert (config.d_model, config.encoder_ffn_dim, config.encoder_attention_heads, config.dropout) == (1024, 4096, 16, 0.3)
+    assert (config.d_model, config.encoder_ffn_dim, config.encoder_attention_heads, config.dropout) == (
+        1024, 4096, 16, 0.3)
     assert config.vocab_size == 1000
 
 

@@ -1,19 +1,19 @@
 """The CTranslate2 export: the same translations as `generate`, greedy and beam, post-LN and pre-LN (with learned
-positions); clear errors for what it cannot express; the CLI round trip. Skipped, with the reason, where `ctranslate2` is not installed."""
+positions); clear errors for what it cannot express; the CLI round trip. Skipped, with the reason, where
+`ctranslate2` is not installed."""
 
-import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import ROOT, read_multi30k, tiny_config
+from conftest import read_multi30k, run_module, tiny_config
+from test_ecosystem import RESULTS
 
 from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration, hub
 from hf_vanilla_transformer.ctranslate2_backend import export_ctranslate2
 from hf_vanilla_transformer.translate import load_translator, translate
-from test_ecosystem import RESULTS
 
-pytest.importorskip("ctranslate2", reason='the CTranslate2 export needs pip install "hf-vanilla-transformer[ctranslate2]"')
+pytest.importorskip("ctranslate2",
+                    reason='the CTranslate2 export needs pip install "hf-vanilla-transformer[ctranslate2]"')
 
 SOURCES = read_multi30k("val", "de", 24)
 
@@ -76,21 +76,18 @@ def test_configurations_ctranslate2_cannot_express_are_refused(tmp_path, tokeniz
 
 def test_export_and_translate_from_the_command_line(exported, tmp_path):
     out = tmp_path / "int8"
-    export = subprocess.run([sys.executable, "-m", "hf_vanilla_transformer.ctranslate2_backend", "--model",
-                             str(exported), "--output_dir", str(out), "--quantization", "int8"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=300)
+    export = run_module("hf_vanilla_transformer.ctranslate2_backend", "--model", exported, "--output_dir", out,
+                        "--quantization", "int8")
     assert export.returncode == 0, export.stderr[-2000:]
     assert {"model.bin", "config.json", "tokenizer.json", "generation_config.json", "README.md"} <= {
         p.name for p in out.iterdir()}
-    translated = subprocess.run([sys.executable, "-m", "hf_vanilla_transformer.translate", "--model", str(out),
-                                 "--backend", "ctranslate2"], input="\n".join(SOURCES[:3] + [""]) + "\n", cwd=ROOT,
-                                capture_output=True, text=True, timeout=300)
+    translated = run_module("hf_vanilla_transformer.translate", "--model", out, "--backend", "ctranslate2",
+                            stdin="\n".join(SOURCES[:3] + [""]) + "\n")
     assert translated.returncode == 0, translated.stderr[-2000:]
     lines = translated.stdout.split("\n")
     assert len(lines) == 5 and all(lines[:3]) and lines[3] == ""
-    missing = subprocess.run([sys.executable, "-m", "hf_vanilla_transformer.translate", "--model", str(exported),
-                              "--backend", "ctranslate2", "Ein Hund."], cwd=ROOT, capture_output=True, text=True,
-                             timeout=300)
+    missing = run_module("hf_vanilla_transformer.translate", "--model", exported, "--backend", "ctranslate2",
+                         "Ein Hund.")
     assert missing.returncode != 0 and "is not a CTranslate2 export" in missing.stderr
 
 

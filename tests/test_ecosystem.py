@@ -9,9 +9,15 @@ import sys
 import pytest
 import torch
 import yaml
-from conftest import ROOT, run_python, tiny_config
+from conftest import run_module, run_python, tiny_config
 from huggingface_hub import ModelCard
-from transformers import AutoModelForSeq2SeqLM, DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments, pipeline
+from transformers import (
+    AutoModelForSeq2SeqLM,
+    DataCollatorForSeq2Seq,
+    Seq2SeqTrainer,
+    Seq2SeqTrainingArguments,
+    pipeline,
+)
 
 from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration, hub, plot_attention
 from hf_vanilla_transformer.metrics import bleu_compute_metrics
@@ -141,7 +147,8 @@ print(json.dumps([type(model).__module__, tokenizer.batch_decode(out, skip_speci
         result = subprocess.run([sys.executable, "-c", ("" if installed else
                                  "import sys; sys.modules['hf_vanilla_transformer'] = None\n") + code,
                                  "installed" if installed else "remote"],
-                                cwd=tmp_path, env={**__import__("os").environ, **env, "HF_HOME": str(tmp_path / "home")},
+                                cwd=tmp_path,
+                                env={**__import__("os").environ, **env, "HF_HOME": str(tmp_path / "home")},
                                 capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr
         module, translations = json.loads(result.stdout.strip().splitlines()[-1])
@@ -157,14 +164,14 @@ def test_push_dry_run_lists_exactly_the_files_it_would_send(hub_folder, tmp_path
     (folder / "checkpoints" / "model.safetensors").write_bytes(b"x")
     (tmp_path / "secret").write_text("token")
     (folder / "learning_curve.png").symlink_to(tmp_path / "secret")
-    result = subprocess.run([sys.executable, "-m", "hf_vanilla_transformer.hub", "push", "--model", str(folder),
-                             "--repo_id", "someone/vanilla-de-en", "--dry_run"], cwd=ROOT, capture_output=True,
-                            text=True, timeout=300)
+    result = run_module("hf_vanilla_transformer.hub", "push", "--model", folder, "--repo_id", "someone/vanilla-de-en",
+                        "--dry_run")
     assert result.returncode == 0, result.stderr
     listed = [line.strip() for line in result.stdout.split("README.md:")[0].splitlines()[1:] if line.strip()]
     assert listed == sorted([
         "README.md", "config.json", "configuration_vanilla_transformer.py", "decoding.py", "generation_config.json",
-        "kernels.py", "model.safetensors", "modeling_vanilla_transformer.py", "pipeline_vanilla_transformer.py", "tokenizer.json",
+        "kernels.py", "model.safetensors", "modeling_vanilla_transformer.py", "pipeline_vanilla_transformer.py",
+        "tokenizer.json",
         "tokenizer_config.json", "tokenization.py", "training_results.json"])
     assert "Not uploaded (not files this package writes): checkpoints/, learning_curve.png, notes.txt" in result.stderr
     assert 'pipeline("translation", model="someone/vanilla-de-en", trust_remote_code=True)' in result.stdout
@@ -240,15 +247,11 @@ def test_attention_plot_is_a_png_of_the_expected_size(tmp_path, model, tokenizer
 def test_finetune_script_turns_a_de_en_model_into_en_de(hub_folder, tmp_path):
     folder, _ = hub_folder
     output = tmp_path / "finetuned"
-    result = subprocess.run(
-        [sys.executable, "-m", "training.finetune_trainer", "--model_name_or_path", str(folder), "--source_lang", "en",
-         "--target_lang", "de", "--output_dir", str(output), "--max_steps", "8", "--per_device_train_batch_size", "16",
-         "--max_train_samples", "128", "--max_eval_samples", "16", "--predict_with_generate",
-         "--generation_num_beams", "1", "--generation_max_length", "16", "--report_to", "none", "--use_cpu",
-         "--save_strategy", "no"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-        env={**__import__("os").environ, "HF_HOME": str(tmp_path / "home")},
-    )
+    result = run_module(
+        "training.finetune_trainer", "--model_name_or_path", folder, "--source_lang", "en", "--target_lang", "de",
+        "--output_dir", output, "--max_steps", "8", "--per_device_train_batch_size", "16", "--max_train_samples",
+        "128", "--max_eval_samples", "16", "--predict_with_generate", "--generation_num_beams", "1",
+        "--generation_max_length", "16", "--report_to", "none", "--use_cpu", "--save_strategy", "no")
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((output / "all_results.json").read_text())
     assert "eval_bleu" in metrics and "test_bleu" in metrics and metrics["train_loss"] > 0

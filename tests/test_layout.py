@@ -38,8 +38,12 @@ def test_the_phases_of_a_run_share_one_state_and_each_runs_in_process(tmp_path):
     assert (run.output / "model" / "model.safetensors").is_file() and (run.output / "model" / "README.md").is_file()
 
 
-def test_library_code_raises_and_only_the_command_line_exits(tmp_path, monkeypatch):
+@pytest.mark.parametrize("native", ["no", "bf16"])
+def test_library_code_raises_and_only_the_command_line_exits(tmp_path, monkeypatch, native):
+    """`--mixed_precision auto` resolved both ways, whatever this CPU multiplies natively."""
     from hf_vanilla_transformer.ctranslate2_backend import import_ctranslate2
+
+    monkeypatch.setattr(train, "native_mixed_precision", lambda: native)
 
     monkeypatch.setitem(sys.modules, "ctranslate2", None)
     with pytest.raises(ImportError, match=r'pip install "hf-vanilla-transformer\[ctranslate2\]"'):
@@ -50,6 +54,7 @@ def test_library_code_raises_and_only_the_command_line_exits(tmp_path, monkeypat
     args = train.parse_args(["--output_dir", str(tmp_path / "run"), "--no-with_tracking"])
     with pytest.raises(train.RunStopped, match="holds an earlier run"):
         train.start(args)
+    assert args.mixed_precision == native
     with pytest.raises(SystemExit, match="holds an earlier run"):  # what the command line turns it into
         train.cli(["--output_dir", str(tmp_path / "run"), "--no-with_tracking"])
 

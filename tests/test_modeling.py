@@ -10,7 +10,11 @@ from transformers.modeling_outputs import Seq2SeqLMOutput
 
 from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration, VanillaTransformerModel
 from hf_vanilla_transformer.kernels import Dropout, LabelSmoothedCrossEntropy
-from hf_vanilla_transformer.modeling_vanilla_transformer import CACHE_NAME, SinusoidalPositionalEncoding, shift_tokens_right
+from hf_vanilla_transformer.modeling_vanilla_transformer import (
+    CACHE_NAME,
+    SinusoidalPositionalEncoding,
+    shift_tokens_right,
+)
 
 
 def batch(seed=0, batch_size=3, source_length=9, target_length=7, vocab=600):
@@ -268,7 +272,8 @@ def test_a_checkpoint_without_its_embedding_reports_it_missing(tmp_path, model):
     assert all(p.device.type == "cpu" for p in loaded.parameters())
     assert loaded.model.decoder.embed_tokens.weight is loaded.model.encoder.embed_tokens.weight
     input_ids, attention_mask, decoder_input_ids = batch()
-    assert loaded(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids).logits.isfinite().all()
+    outputs = loaded(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids)
+    assert outputs.logits.isfinite().all()
 
 
 def test_folders_saved_with_one_shared_embedding_module_still_load(tmp_path, model):

@@ -8,20 +8,15 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, read_multi30k, tiny_config
+from conftest import ROOT, read_multi30k, run_module, tiny_config
 from safetensors.torch import load_file
-from test_training_runs import environment, train, train_command
+from test_ecosystem import RESULTS
+from test_training_runs import train, train_command, train_in_process
 from transformers import pipeline
 
 from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration, hub
-from test_ecosystem import RESULTS
 from training import checkpoints
 from training.train import parse_args
-
-
-def run(module: str, *args, tmp_path, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT, env=environment(tmp_path),
-                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
 def assert_one_clear_line(result, *expected: str):
@@ -44,9 +39,8 @@ def saved(tmp_path_factory, tokenizer):
 def test_a_diverging_run_stops_naming_the_step_and_saves_no_model(tmp_path, learning_rate, symptom):
     """Weights blown up to NaN (1e30), or a loss that climbs to ~1e7 while staying finite (1e3)."""
     output = tmp_path / "run"
-    result = subprocess.run(train_command(output, "--learning_rate", learning_rate, "--max_steps", "80",
-                                          "--checkpointing_steps", "1", "--eval_bleu_samples", "0"),
-                            cwd=ROOT, env=environment(tmp_path), capture_output=True, text=True, timeout=600)
+    result = train(tmp_path, output, "--learning_rate", learning_rate, "--max_steps", "80", "--checkpointing_steps",
+                   "1", "--eval_bleu_samples", "0", check=False)
     assert_one_clear_line(result, f"Training diverged: {symptom}", "--learning_rate")
     assert "learning rate" in result.stderr and not (output / "model").exists()
     for checkpoint in checkpoints.checkpoint_dirs(output / "checkpoints"):  # none holds a non-finite weight
@@ -74,8 +68,8 @@ def test_a_push_of_linked_weights_is_refused(saved, tmp_path):
     (folder / "model.safetensors").symlink_to(tmp_path / "blob")
     with pytest.raises(ValueError, match="model.safetensors is a symbolic link.*cp -rL"):
         hub.push(folder, "someone/model", dry_run=True)
-    result = run("hf_vanilla_transformer.hub", "push", "--model", folder, "--repo_id", "someone/model", "--dry_run",
-                 tmp_path=tmp_path)
+    result = run_module("hf_vanilla_transformer.hub", "push", "--model", folder, "--repo_id", "someone/model",
+                        "--dry_run")
     assert_one_clear_line(result, "model.safetensors is a symbolic link")
 
 
@@ -94,8 +88,7 @@ def test_resuming_with_other_data_or_vocabulary_is_refused(tmp_path):
         if changed[0] == "--vocab_size":  # instead of the helper's own --vocab_size 600
             index = command.index("--vocab_size")
             del command[index : index + 2]
-        result = subprocess.run(command, cwd=ROOT, env=environment(tmp_path), capture_output=True, text=True,
-                                timeout=300)
+        result = train_in_process(tmp_path, command[3:])
         assert_one_clear_line(result, "holds the tokenizer of a run with other data or vocabulary", named,
                               "--overwrite_output_dir")
 
@@ -120,8 +113,7 @@ def test_a_second_run_into_the_same_folder_is_refused_and_a_dead_runs_lock_is_no
                               cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        result = subprocess.run(train_command(output, "--max_steps", "2"), cwd=ROOT, env=environment(tmp_path),
-                                capture_output=True, text=True, timeout=300)
+        result = train(tmp_path, output, "--max_steps", "2", check=False)
         assert_one_clear_line(result, f"another run (pid {holder.pid}) is writing to {output}")
         assert not (output / "logs").exists()  # the refused run wrote nothing
     finally:
@@ -158,7 +150,7 @@ def test_impossible_training_values_are_refused_by_name(argv, message, capsys):
     ("training.evaluate_bleu", ["--max_samples", "0"], "--max_samples: 0 is not positive"),
 ])
 def test_impossible_decoding_values_are_refused_by_name(module, argv, message, saved, tmp_path):
-    assert_one_clear_line(run(module, "--model", saved, *argv, tmp_path=tmp_path), message)
+    assert_one_clear_line(run_module(module, "--model", saved, *argv), message)
 
 
 def test_missing_data_files_name_the_file(saved, tmp_path):
@@ -167,10 +159,9 @@ def test_missing_data_files_name_the_file(saved, tmp_path):
         extra = [] if flag == "--train_file" else ["--train_file", str(tmp_path / "train")]
         (tmp_path / "train.de").write_text("Ein Hund.\n")
         (tmp_path / "train.en").write_text("A dog.\n")
-        result = subprocess.run(train_command(tmp_path / "run", *extra, flag, str(missing)), cwd=ROOT,
-                                env=environment(tmp_path), capture_output=True, text=True, timeout=300)
+        result = train(tmp_path, tmp_path / "run", *extra, flag, str(missing), check=False)
         assert_one_clear_line(result, f"{missing}: no such file")
-    result = run("training.evaluate_bleu", "--model", saved, "--test_file", missing, tmp_path=tmp_path)
+    result = run_module("training.evaluate_bleu", "--model", saved, "--test_file", missing)
     assert_one_clear_line(result, f"{missing}: no such file")
 
 
@@ -187,8 +178,7 @@ def test_bad_configs_name_the_field(tmp_path):
         if args[0] == "--config_name":  # instead of the helper's --config_name tiny
             index = command.index("--config_name")
             del command[index : index + 2]
-        result = subprocess.run(command, cwd=ROOT, env=environment(tmp_path), capture_output=True, text=True,
-                                timeout=300)
+        result = train_in_process(tmp_path, command[3:])
         assert_one_clear_line(result, message)
 
 
@@ -208,7 +198,7 @@ def test_a_damaged_model_folder_is_reported_by_the_translate_cli(saved, tmp_path
         header = 8 + int.from_bytes(weights[:8], "little")
         (folder / "model.safetensors").write_bytes(weights[: len(weights) // 2 if damage == "half" else header])
         message = "model.safetensors is damaged or cut short"
-    result = run("hf_vanilla_transformer.translate", "--model", folder, "Ein Hund.", tmp_path=tmp_path)
+    result = run_module("hf_vanilla_transformer.translate", "--model", folder, "Ein Hund.")
     assert_one_clear_line(result, f"--model {folder}", message)
 
 

@@ -1,6 +1,9 @@
-"""Real training runs of a tiny model, as a user starts them: `python -m training.train` and `accelerate launch`."""
+"""Real training runs of a tiny model, as a user starts them: the command line's `train.cli`, in this process, or
+`python -m training.train` and `accelerate launch` where the process is the point (signals, several processes)."""
 
+import io
 import json
+import logging
 import math
 import os
 import signal
@@ -8,10 +11,11 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import redirect_stderr
+from unittest import mock
 
-import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, run_module
 from safetensors.torch import load_file
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
@@ -47,12 +51,42 @@ def train_command(output_dir, *args, processes: int = 1) -> list[str]:
     return [*launcher, "--output_dir", str(output_dir), *model, *TINY_RUN, *args]
 
 
-def train(tmp_path, output_dir, *args, processes: int = 1) -> subprocess.CompletedProcess:
-    env = environment(tmp_path) | ({"ACCELERATE_USE_CPU": "true"} if processes > 1 else {})
-    result = subprocess.run(train_command(output_dir, *args, processes=processes), cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-5000:]
+def train(tmp_path, output_dir, *args, processes: int = 1, in_process: bool = True,
+          check: bool = True) -> subprocess.CompletedProcess:
+    """The training command, with what it printed to stderr and its exit status. In this process where it can be
+    (`train.cli`, as `python -m training.train` calls it; the data cache in `tmp_path` as the subprocess's HF_HOME
+    puts it), else a new process (always for several processes)."""
+    if in_process and processes == 1:
+        result = train_in_process(tmp_path, train_command(output_dir, *args)[3:])
+    else:
+        env = environment(tmp_path) | ({"ACCELERATE_USE_CPU": "true"} if processes > 1 else {})
+        result = subprocess.run(train_command(output_dir, *args, processes=processes), cwd=ROOT, env=env,
+                                capture_output=True, text=True, timeout=600)
+    assert not check or result.returncode == 0, result.stderr[-5000:]
     return result
+
+
+def train_in_process(tmp_path, argv: list[str]) -> subprocess.CompletedProcess:
+    """`train.cli(argv)` as its process would end: status 0, argparse's 2, or 1 with `SystemExit`'s message last on
+    stderr. Any other exception is the traceback a user would see, and fails the test as it is."""
+    import datasets
+
+    from training import train as training
+
+    stderr, status = io.StringIO(), 0
+    handler = logging.StreamHandler(stderr)  # the run's log records, which reach the root logger
+    logging.getLogger().addHandler(handler)
+    try:
+        with redirect_stderr(stderr), mock.patch.object(datasets.config, "HF_DATASETS_CACHE",
+                                                        str(tmp_path / "hf_home" / "datasets")):
+            training.cli(argv)
+    except SystemExit as exit_:
+        status = exit_.code if isinstance(exit_.code, int) else 1
+        if isinstance(exit_.code, str):
+            stderr.write(exit_.code + "\n")
+    finally:
+        logging.getLogger().removeHandler(handler)
+    return subprocess.CompletedProcess(argv, status, "", stderr.getvalue())
 
 
 def log(output_dir) -> list[dict]:
@@ -89,11 +123,11 @@ def test_a_short_run_learns_and_saves_a_hub_ready_model(tmp_path):
     assert model.config.src_lang == "de" and model.config.tgt_lang == "en"
     assert model.generation_config.num_beams == 4 and model.generation_config.length_penalty == 0.6
     assert all(isinstance(t, str) for t in translate(model, tokenizer, ["Ein Hund läuft.", "Zwei Männer."]))
-    assert (folder / "attention.png").is_file() and "![attention_plot](attention.png)" in (folder / "README.md").read_text()
+    assert (folder / "attention.png").is_file()
+    assert "![attention_plot](attention.png)" in (folder / "README.md").read_text()
 
     def cli(*args):
-        result = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=environment(tmp_path),
-                                capture_output=True, text=True, timeout=300)
+        result = run_module(*args)
         assert result.returncode == 0, result.stderr[-3000:]
         return result.stdout
 
@@ -138,7 +172,7 @@ def test_a_killed_or_terminated_run_resumes_to_identical_weights(tmp_path):
     uninterrupted one, its checkpoints and their average included."""
     args = ["--max_steps", "120", "--checkpointing_steps", "10", "--eval_steps", "40", "--eval_bleu_samples", "10"]
     reference = tmp_path / "reference"
-    train(tmp_path, reference, *args)
+    train(tmp_path, reference, *args, in_process=False)  # the same thread count as the runs stopped below
     for sent in (signal.SIGKILL, signal.SIGTERM):
         stopped = tmp_path / sent.name
         process = subprocess.Popen(train_command(stopped, *args), cwd=ROOT, env=environment(tmp_path),
@@ -158,7 +192,7 @@ def test_a_killed_or_terminated_run_resumes_to_identical_weights(tmp_path):
             assert (stopped / "checkpoints" / f"step-{step:08d}").is_dir()  # written where it stopped
             assert not list((stopped / "checkpoints").glob(".tmp-*"))
 
-        result = train(tmp_path, stopped, *args, "--resume_from_checkpoint", "latest")
+        result = train(tmp_path, stopped, *args, "--resume_from_checkpoint", "latest", in_process=False)
         assert "Resumed from" in result.stderr
         assert sorted(p.name for p in (stopped / "checkpoints").iterdir()) == sorted(
             p.name for p in (reference / "checkpoints").iterdir())
@@ -187,8 +221,7 @@ def test_a_damaged_checkpoint_is_skipped_with_a_message(tmp_path):
 def test_an_earlier_run_is_not_overwritten_by_accident(tmp_path):
     output = tmp_path / "run"
     train(tmp_path, output, "--max_steps", "10", "--eval_bleu_samples", "0", "--max_eval_samples", "20")
-    result = subprocess.run(train_command(output, "--max_steps", "10"), cwd=ROOT, env=environment(tmp_path),
-                            capture_output=True, text=True, timeout=300)
+    result = train(tmp_path, output, "--max_steps", "10", check=False)
     assert result.returncode != 0 and "--resume_from_checkpoint latest" in result.stderr
 
 
@@ -230,9 +263,8 @@ def test_unusable_checkpoints_are_set_aside_and_never_push_out_new_ones(tmp_path
 def test_resuming_with_another_process_count_is_refused(tmp_path):
     output = tmp_path / "run"
     train(tmp_path, output, "--max_steps", "10", "--checkpointing_steps", "10", "--eval_bleu_samples", "0")
-    env = environment(tmp_path) | {"ACCELERATE_USE_CPU": "true"}
-    result = subprocess.run(train_command(output, "--max_steps", "20", "--resume_from_checkpoint", "latest",
-                                          processes=2), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    result = train(tmp_path, output, "--max_steps", "20", "--resume_from_checkpoint", "latest", processes=2,
+                   check=False)
     assert result.returncode != 0
     assert "num_processes 1 (now 2)" in result.stderr and "--num_processes 1" in result.stderr
 
@@ -261,20 +293,17 @@ def test_continuing_a_saved_model_keeps_its_tokenizer_and_applies_or_refuses_ove
     assert continued["dropout"] == 0.3 and continued["attention_dropout"] == 0.2
     assert (second / "tokenizer" / "tokenizer.json").read_bytes() == (saved / "tokenizer.json").read_bytes()
 
-    refused = subprocess.run(train_command(tmp_path / "third", "--model_name_or_path", str(saved),
-                                           "--config_overrides", "d_model=64"), cwd=ROOT,
-                             env=environment(tmp_path), capture_output=True, text=True, timeout=300)
+    refused = train(tmp_path, tmp_path / "third", "--model_name_or_path", str(saved), "--config_overrides",
+                    "d_model=64", check=False)
     assert refused.returncode != 0 and "d_model=64 (the model has 32) cannot apply" in refused.stderr
     for moot in (["--vocab_size", "500"], ["--config_name", "tiny"]):  # fixed by the saved model: refused, not dropped
-        refused = subprocess.run(train_command(tmp_path / "third", "--model_name_or_path", str(saved), *moot), cwd=ROOT,
-                                 env=environment(tmp_path), capture_output=True, text=True, timeout=300)
+        refused = train(tmp_path, tmp_path / "third", "--model_name_or_path", str(saved), *moot, check=False)
         assert refused.returncode == 2 and f"{moot[0]} cannot apply with --model_name_or_path" in refused.stderr
     other = tmp_path / "other-tokenizer"
     pairs = load_translation_dataset("de", "en")["train"].select(range(2000, 4000))["translation"]
     train_tokenizer([p["de"] for p in pairs] + [p["en"] for p in pairs], vocab_size=600).save_pretrained(other)
-    mismatched = subprocess.run(train_command(tmp_path / "fourth", "--model_name_or_path", str(saved),
-                                              "--tokenizer_name", str(other)), cwd=ROOT, env=environment(tmp_path),
-                                capture_output=True, text=True, timeout=300)
+    mismatched = train(tmp_path, tmp_path / "fourth", "--model_name_or_path", str(saved), "--tokenizer_name",
+                       str(other), check=False)
     assert mismatched.returncode != 0 and "not the one the model was trained with" in mismatched.stderr
 
 
@@ -352,7 +381,8 @@ def test_the_wmt14_recipe_runs_end_to_end_on_two_processes_at_tiny_scale(tmp_pat
                    processes=2)
     assert ("--recipe wmt14-en-de-base: --dataset_name None --dataset_config_name None --source_lang en "
             "--target_lang de --vocab_size 600") in result.stderr
-    assert "--tokens_per_step 4096: --max_tokens 1024 × 2 process(es) × --gradient_accumulation_steps 2" in result.stderr
+    assert ("--tokens_per_step 4096: --max_tokens 1024 × 2 process(es) × --gradient_accumulation_steps 2"
+            in result.stderr)
     results = json.loads((output / "model" / "training_results.json").read_text())
     assert (results["num_processes"], results["max_tokens"], results["gradient_accumulation_steps"]) == (2, 1024, 2)
     assert (results["dropout"], results["label_smoothing"], results["warmup_steps"]) == (0.1, 0.1, 40)
@@ -360,7 +390,8 @@ def test_the_wmt14_recipe_runs_end_to_end_on_two_processes_at_tiny_scale(tmp_pat
     assert results["dataset"] == "train" and results["eval_split"] == "test"
     assert 0 <= results["paper_bleu"] <= 100 and 0 <= results["bleu"] <= 100
     assert results["paper_bleu_signature"].startswith("tokenizer.perl -l de")
-    assert f"BLEU as the paper computed it: **{results['paper_bleu']:.2f}**" in (output / "model" / "README.md").read_text()
+    card = (output / "model" / "README.md").read_text()
+    assert f"BLEU as the paper computed it: **{results['paper_bleu']:.2f}**" in card
     config = json.loads((output / "model" / "config.json").read_text())
     assert (config["src_lang"], config["tgt_lang"]) == ("en", "de")
     steps = [r["step"] for r in log(output) if "eval_loss" in r]

@@ -1,8 +1,8 @@
 """The training recipe's pieces, in process: batching, schedule, checkpoints, averaging, BLEU, data loading."""
 
 import json
-import math
 import logging
+import math
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -95,7 +95,7 @@ def test_averaging_checkpoints_is_the_mean_of_their_tensors(tmp_path):
 
 def test_checkpoints_are_atomic_verified_and_rotated(tmp_path):
     accelerator = Accelerator(cpu=True)
-    model = accelerator.prepare(VanillaTransformerForConditionalGeneration(tiny_config()))
+    accelerator.prepare(VanillaTransformerForConditionalGeneration(tiny_config()))
     for step in (10, 20, 30):
         checkpoints.save_checkpoint(accelerator, tmp_path, step, {"epoch": 0, "batches_done": step}, keep=2)
     assert [p.name for p in checkpoints.checkpoint_dirs(tmp_path)] == ["step-00000020", "step-00000030"]
@@ -322,7 +322,8 @@ def test_tsv_is_two_columns_or_a_header_naming_them(tmp_path):
     ("latin1.tsv", "Ein Hund.\tA dog.\nGrüße.\tGreetings.\n".encode("latin-1"), r"latin1.tsv, line 2: not UTF-8"),
     ("empty.tsv", b"\n", r"empty.tsv is empty"),
     ("mixed.tsv", b"Ein Hund.\tA dog.\nZwei Katzen.\n", r"mixed.tsv, line 2: 1 tab-separated column"),
-    ("broken.jsonl", b'{"translation": {"de": "a", "en": "b"}}\n{"translation": \n', r"broken.jsonl, line 2: not valid JSON"),
+    ("broken.jsonl", b'{"translation": {"de": "a", "en": "b"}}\n{"translation": \n',
+     r"broken.jsonl, line 2: not valid JSON"),
     ("keys.jsonl", b'{"translation": {"de": "a", "en": "b"}}\n{"translation": {"de": "a", "fr": "b"}}\n',
      r"keys.jsonl, line 2: no en text \(found \['de', 'fr'\]\)"),
     ("text.de", "Grüße.\n".encode("latin-1"), r"text.de, line 1: not UTF-8"),

@@ -11,14 +11,13 @@ import pytest
 import torch
 from conftest import tiny_config
 from transformers.models.auto import modeling_auto
+from transformers_common.fetch import common_tests_root
 
 from hf_vanilla_transformer import (
     VanillaTransformerConfig,
     VanillaTransformerForConditionalGeneration,
     VanillaTransformerModel,
 )
-
-from transformers_common.fetch import common_tests_root  # noqa: E402
 
 pytest.importorskip("parameterized", reason="the common tests need `parameterized` (pip install -e '.[dev]')")
 try:

@@ -3,17 +3,15 @@ and a tokenizer that does not belong to the model."""
 
 import logging
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import ROOT, read_multi30k, tiny_config
+from conftest import read_multi30k, run_module, tiny_config
+from test_ecosystem import RESULTS
 from transformers import pipeline
 
 from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration, hub, train_tokenizer
 from hf_vanilla_transformer.translate import translate
-from test_ecosystem import RESULTS
 
 
 @pytest.fixture(scope="module")
@@ -23,27 +21,26 @@ def folder(tmp_path_factory, tokenizer):
     return hub.save_for_hub(tmp_path_factory.mktemp("model") / "vanilla-de-en", model, tokenizer, RESULTS)
 
 
-def cli(folder, *args, stdin: bytes | None = None):
-    return subprocess.run([sys.executable, "-m", "hf_vanilla_transformer.translate", "--model", str(folder),
-                           "--num_beams", "1", "--max_new_tokens", "4", *args], cwd=ROOT, input=stdin,
-                          capture_output=True, timeout=300)
+def cli(folder, *args, stdin: bytes = b""):
+    return run_module("hf_vanilla_transformer.translate", "--model", folder, "--num_beams", "1", "--max_new_tokens",
+                      "4", *args, stdin=stdin)
 
 
 def test_blank_lines_translate_to_blank_lines_and_the_rest_is_translated(folder):
-    result = cli(folder, stdin="Ein Hund.\n\nZwei Katzen.\n   \n".encode())
-    assert result.returncode == 0, result.stderr.decode()[-2000:]
-    lines = result.stdout.decode().split("\n")
+    result = cli(folder, stdin=b"Ein Hund.\n\nZwei Katzen.\n   \n")
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.split("\n")
     assert len(lines) == 5 and lines[4] == ""  # four translations, each ending in a newline
     assert lines[1] == "" and lines[3] == "" and lines[0] and lines[2]
 
 
 def test_bad_stdin_and_a_missing_model_folder_get_clear_messages(folder, tmp_path):
-    bad = cli(folder, stdin="Ein Hund.\n".encode() + "Grüße.\n".encode("latin-1"))
-    assert bad.returncode != 0 and "standard input, line 2, is not UTF-8" in bad.stderr.decode()
-    assert "Traceback" not in bad.stderr.decode()
+    bad = cli(folder, stdin=b"Ein Hund.\n" + "Grüße.\n".encode("latin-1"))
+    assert bad.returncode != 0 and "standard input, line 2, is not UTF-8" in bad.stderr
+    assert "Traceback" not in bad.stderr
     missing = cli(tmp_path / "no-such-model", "Ein Hund.")
-    assert missing.returncode != 0 and f"No model folder at {tmp_path / 'no-such-model'}" in missing.stderr.decode()
-    assert "Repo id" not in missing.stderr.decode() and "Traceback" not in missing.stderr.decode()
+    assert missing.returncode != 0 and f"No model folder at {tmp_path / 'no-such-model'}" in missing.stderr
+    assert "Repo id" not in missing.stderr and "Traceback" not in missing.stderr
 
 
 def test_a_tokenizer_of_another_vocabulary_is_refused_by_the_cli_and_the_pipeline(folder, tmp_path, tokenizer):
@@ -55,7 +52,7 @@ def test_a_tokenizer_of_another_vocabulary_is_refused_by_the_cli_and_the_pipelin
     assert len(other) == len(tokenizer)
     other.save_pretrained(swapped)
     result = cli(swapped, "Ein Hund.")
-    assert result.returncode != 0 and "not the one the model was trained with" in result.stderr.decode()
+    assert result.returncode != 0 and "not the one the model was trained with" in result.stderr
     with pytest.raises(ValueError, match="not the one the model was trained with"):
         pipeline("translation", model=str(swapped), trust_remote_code=True)
 

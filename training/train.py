@@ -76,7 +76,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     data = parser.add_argument_group("data")
     data.add_argument("--dataset_name", default=None, help="a Hub dataset; default: the embedded Multi30k")
     data.add_argument("--dataset_config_name", default=None)
-    data.add_argument("--train_file", default=None, help=".tsv, .jsonl or a parallel-text prefix (PREFIX.de, PREFIX.en)")
+    data.add_argument("--train_file", default=None,
+                      help=".tsv, .jsonl or a parallel-text prefix (PREFIX.de, PREFIX.en)")
     data.add_argument("--validation_file", default=None)
     data.add_argument("--test_file", default=None)
     data.add_argument("--source_lang", default="de")
@@ -92,7 +93,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help="train only on pairs whose source has at most this many tokens (length generalisation)")
     optim = parser.add_argument_group("optimisation (§5)")
     optim.add_argument("--num_train_epochs", type=float, default=10)
-    optim.add_argument("--max_steps", type=positive_int, default=None, help="stop after this many steps (overrides epochs)")
+    optim.add_argument("--max_steps", type=positive_int, default=None,
+                       help="stop after this many steps (overrides epochs)")
     optim.add_argument("--learning_rate", type=float, default=2e-3,
                        help="peak rate, reached after warmup; 0: the paper's d_model^-0.5 · warmup^-0.5")
     optim.add_argument("--warmup_steps", type=positive_int, default=200)
@@ -100,7 +102,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help=f"tokens per batch and process (default {DEFAULT_MAX_TOKENS})")
     optim.add_argument("--gradient_accumulation_steps", type=positive_int, default=None, help="default 1")
     optim.add_argument("--tokens_per_step", type=positive_int, default=None,
-                       help=f"tokens per optimizer step over all processes (§5.1: {TOKENS_PER_STEP}); sets --max_tokens, "
+                       help=f"tokens per optimizer step over all processes (§5.1: {TOKENS_PER_STEP}); "
+                       "sets --max_tokens, "
                        "or --gradient_accumulation_steps where --max_tokens is given")
     optim.add_argument("--max_grad_norm", type=float, default=0.0, help="clip gradients to this norm; 0: no clipping")
     optim.add_argument("--mixed_precision", default="auto", choices=["auto", "no", "fp16", "bf16"],
@@ -118,7 +121,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                       metavar="QUANTIZATION", help="also export the final model to CTranslate2 in model/ctranslate2 "
                       "(float32 unless a quantization is named: int8, float16, ...); needs the [ctranslate2] extra")
     evaluation = parser.add_argument_group("evaluation")
-    evaluation.add_argument("--eval_steps", type=positive_int, default=None, help="validate every N steps; default: per epoch")
+    evaluation.add_argument("--eval_steps", type=positive_int, default=None,
+                            help="validate every N steps; default: per epoch")
     evaluation.add_argument("--eval_bleu_samples", type=int, default=500,
                             help="validation sentences translated (greedily) for the BLEU logged during training")
     evaluation.add_argument("--eval_split", default="test", help="the split of the final BLEU (§6.1: newstest2014)")
@@ -132,7 +136,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     evaluation.add_argument("--logging_steps", type=positive_int, default=20)
     evaluation.add_argument("--with_tracking", action=argparse.BooleanOptionalAction, default=True,
                             help="log to the trackers of --report_to besides the JSONL log")
-    evaluation.add_argument("--report_to", default="tensorboard", help="Accelerate trackers, e.g. tensorboard, wandb, all")
+    evaluation.add_argument("--report_to", default="tensorboard",
+                            help="Accelerate trackers, e.g. tensorboard, wandb, all")
     recipe = parser.parse_known_args(argv)[0].recipe
     if recipe:
         parser.set_defaults(**RECIPES[recipe])
@@ -200,18 +205,27 @@ class Run:
     def checkpoint_root(self) -> Path:
         return self.output / "checkpoints"
 
+    def release(self) -> None:
+        """Unlock the output folder."""
+        if self.lock is not None:
+            self.lock.close()
+            self.lock = None
+
 
 def main(argv=None) -> dict:
     """The run, phase after phase; returns what `model/training_results.json` holds."""
     run = start(parse_args(argv))
-    with run.accelerator.main_process_first():  # the main process prepares (and caches) data and tokenizer first
-        load_data(run)
-        build(run)
-        tokenize_data(run)
-    prepare_training(run)
-    train(run)
-    results = evaluate(run)
-    save(run, results)
+    try:
+        with run.accelerator.main_process_first():  # the main process prepares (and caches) data and tokenizer first
+            load_data(run)
+            build(run)
+            tokenize_data(run)
+        prepare_training(run)
+        train(run)
+        results = evaluate(run)
+        save(run, results)
+    finally:  # the folder is free again for the next run, in this process too (a notebook, a test)
+        run.release()
     return results
 
 
@@ -266,12 +280,13 @@ def start(args) -> Run:
     set_seed(args.seed, device_specific=True)
     if accelerator.is_main_process:
         try:
-            run.lock = checkpoints.lock_output_dir(output)  # held until the process ends
+            run.lock = checkpoints.lock_output_dir(output)  # held until the run ends (`Run.release`) or its process
         except RuntimeError as error:
             raise RunStopped(f"error: {error}") from None
     earlier = [name for name in RUN_OUTPUTS if (output / name).exists()]
     if args.resume_from_checkpoint is None and earlier:
         if not args.overwrite_output_dir:
+            run.release()
             raise RunStopped(f"{output} holds an earlier run ({', '.join(earlier)}): resume it with "
                              "--resume_from_checkpoint latest, or pass --overwrite_output_dir to start afresh")
         if accelerator.is_main_process:  # a clean start: no old log, tokenizer, checkpoint or model survives
@@ -498,7 +513,8 @@ def validate(run: Run) -> None:
             hypotheses = translate_split(run.unwrapped, run.tokenizer, [p[args.source_lang] for p in pairs],
                                          run.accelerator, num_beams=1)
             run.unwrapped.train()
-            metrics["eval_bleu"] = corpus_bleu(hypotheses, [p[args.target_lang] for p in pairs], run.bleu_metric)["score"]
+            references = [p[args.target_lang] for p in pairs]
+            metrics["eval_bleu"] = corpus_bleu(hypotheses, references, run.bleu_metric)["score"]
     run.accelerator.log(metrics, step=run.step)
     logger.info("step %d: %s", run.step, ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
 
