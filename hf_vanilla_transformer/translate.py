@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .cli import positive_int
+from .cli import available_device, positive_int
 from .ctranslate2_backend import CTranslate2Model
 from .loading import load_model_and_tokenizer
 
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num_beams", type=positive_int, default=None, help="beam size (default: the model's, 4)")
     parser.add_argument("--max_new_tokens", type=positive_int, default=None, help="default: source length + 50")
     parser.add_argument("--batch_size", type=positive_int, default=64)
-    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    parser.add_argument("--device", type=available_device, default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--backend", choices=BACKENDS, default="transformers",
                         help="ctranslate2: a folder exported by `python -m hf_vanilla_transformer.ctranslate2_backend`")
     args = parser.parse_args(argv)

@@ -136,6 +136,12 @@ def test_a_second_run_into_the_same_folder_is_refused_and_a_dead_runs_lock_is_no
     (["--learning_rate", "-1"], "--learning_rate -1.0: expected a finite number in [0, inf]"),
     (["--num_train_epochs", "0"], "--num_train_epochs 0.0: expected a finite number in"),
     (["--length_penalty", "inf"], "--length_penalty inf: expected a finite number in"),
+    (["--max_train_samples", "0"], "--max_train_samples: 0 is not positive"),
+    (["--max_eval_samples", "-1"], "--max_eval_samples: -1 is not positive"),
+    (["--max_train_source_tokens", "0"], "--max_train_source_tokens: 0 is not positive"),
+    (["--eval_bleu_samples", "-1"], "--eval_bleu_samples: -1 is negative"),
+    (["--eval_split", "tset"], "--eval_split: invalid choice: 'tset'"),
+    (["--source_lang", "en", "--target_lang", "en"], "--source_lang and --target_lang are both 'en'"),
 ])
 def test_impossible_training_values_are_refused_by_name(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_:
@@ -148,6 +154,8 @@ def test_impossible_training_values_are_refused_by_name(argv, message, capsys):
     ("hf_vanilla_transformer.translate", ["--batch_size", "0", "Hallo"], "--batch_size: 0 is not positive"),
     ("training.evaluate_bleu", ["--num_beams", "0"], "--num_beams: 0 is not positive"),
     ("training.evaluate_bleu", ["--max_samples", "0"], "--max_samples: 0 is not positive"),
+    ("hf_vanilla_transformer.translate", ["--device", "cuda:99", "Hallo"], "'cuda:99' is not a device of this machine"),
+    ("training.evaluate_bleu", ["--device", "gpu"], "--device: 'gpu' is not a device of this machine"),
 ])
 def test_impossible_decoding_values_are_refused_by_name(module, argv, message, saved, tmp_path):
     assert_one_clear_line(run_module(module, "--model", saved, *argv), message)

@@ -7,7 +7,7 @@
 import argparse
 import json
 
-from hf_vanilla_transformer.cli import positive_int
+from hf_vanilla_transformer.cli import available_device, positive_int
 from hf_vanilla_transformer.decoding import decoding_options
 from hf_vanilla_transformer.metrics import BLEU_STYLES, corpus_bleu, paper_bleu
 from hf_vanilla_transformer.translate import BACKENDS, load_translator, translate
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--num_beams", type=positive_int, default=None, help="default: the model's (§6.1: 4)")
     parser.add_argument("--length_penalty", type=float, default=None, help="default: the model's (§6.1: 0.6)")
     parser.add_argument("--batch_size", type=positive_int, default=64)
-    parser.add_argument("--device", default=None)
+    parser.add_argument("--device", type=available_device, default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--backend", choices=BACKENDS, default="transformers",
                         help="ctranslate2: --model is a folder exported by "
                         "`hf_vanilla_transformer.ctranslate2_backend`")

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from transformers import DataCollatorForSeq2Seq
 
 from hf_vanilla_transformer import plot_attention
-from hf_vanilla_transformer.cli import positive_int
+from hf_vanilla_transformer.cli import non_negative_int, positive_int
 from hf_vanilla_transformer.ctranslate2_backend import QUANTIZATIONS, import_ctranslate2
 from hf_vanilla_transformer.decoding import decoding_options
 from hf_vanilla_transformer.hub import save_for_hub
@@ -82,14 +82,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     data.add_argument("--test_file", default=None)
     data.add_argument("--source_lang", default="de")
     data.add_argument("--target_lang", default="en")
-    data.add_argument("--max_train_samples", type=int, default=None)
+    data.add_argument("--max_train_samples", type=positive_int, default=None)
     data.add_argument("--tokenizer_sample_size", type=positive_int, default=None,
                       help="learn the BPE vocabulary on a random sample of this many training pairs; default: all")
     data.add_argument("--preprocessing_num_workers", type=positive_int, default=None,
                       help="processes that tokenize the data (once: the result is cached); default: one, whose "
                       "tokenizer uses every core")
-    data.add_argument("--max_eval_samples", type=int, default=None)
-    data.add_argument("--max_train_source_tokens", type=int, default=None,
+    data.add_argument("--max_eval_samples", type=positive_int, default=None)
+    data.add_argument("--max_train_source_tokens", type=positive_int, default=None,
                       help="train only on pairs whose source has at most this many tokens (length generalisation)")
     optim = parser.add_argument_group("optimisation (§5)")
     optim.add_argument("--num_train_epochs", type=float, default=10)
@@ -123,9 +123,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     evaluation = parser.add_argument_group("evaluation")
     evaluation.add_argument("--eval_steps", type=positive_int, default=None,
                             help="validate every N steps; default: per epoch")
-    evaluation.add_argument("--eval_bleu_samples", type=int, default=500,
+    evaluation.add_argument("--eval_bleu_samples", type=non_negative_int, default=500,
                             help="validation sentences translated (greedily) for the BLEU logged during training")
-    evaluation.add_argument("--eval_split", default="test", help="the split of the final BLEU (§6.1: newstest2014)")
+    evaluation.add_argument("--eval_split", default="test", choices=["validation", "test"],
+                            help="the split of the final BLEU (§6.1: newstest2014); validation where there is no test")
     evaluation.add_argument("--num_beams", type=positive_int, default=None,
                             help="beam size of the final BLEU; default: the model's (§6.1: 4)")
     evaluation.add_argument("--length_penalty", type=float, default=None,
@@ -155,6 +156,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         value = getattr(args, name)
         if value is not None and not (math.isfinite(value) and low <= value <= high):
             parser.error(f"--{name} {value}: expected a finite number in [{low}, {high}]")
+    if args.source_lang == args.target_lang:
+        parser.error(f"--source_lang and --target_lang are both {args.source_lang!r}: a translation needs two"
+                     " languages")
     # Flags that a saved model or tokenizer makes moot are refused, not dropped.
     moot = {"--config_name": args.model_name_or_path and args.config_name,
             "--vocab_size": (args.model_name_or_path or args.tokenizer_name) and args.vocab_size}
@@ -308,10 +312,10 @@ def load_data(run: Run) -> None:
         raise RunStopped(f"error: {error}") from None
     if "train" not in raw:
         raise RunStopped(f"The data has no train split (only {sorted(raw)}): pass --train_file or a dataset with one")
-    if args.max_train_samples:
+    if args.max_train_samples is not None:
         raw["train"] = raw["train"].select(range(min(args.max_train_samples, len(raw["train"]))))
     for split in set(raw) - {"train"}:
-        if args.max_eval_samples:
+        if args.max_eval_samples is not None:
             raw[split] = raw[split].select(range(min(args.max_eval_samples, len(raw[split]))))
     run.raw = raw
     try:
@@ -336,7 +340,7 @@ def tokenize_data(run: Run) -> None:
         run.data = {split: tokenize(raw[split], run.tokenizer, args.source_lang, args.target_lang, max_length,
                                     args.preprocessing_num_workers) for split in raw}
     run.too_long = {split: len(raw[split]) - len(run.data[split]) for split in raw}
-    if args.max_train_source_tokens:
+    if args.max_train_source_tokens is not None:
         run.data["train"] = run.data["train"].filter(lambda ids: len(ids) <= args.max_train_source_tokens,
                                                      input_columns="input_ids", desc="Keeping short sources")
         logger.info("Training on the %d pairs whose source has at most %d tokens", len(run.data["train"]),
@@ -560,6 +564,9 @@ def evaluate(run: Run) -> dict:
             logger.warning("The validation loss is %.3g: its perplexity overflows, and is left out", nll)
         model.eval()
     split = args.eval_split if args.eval_split in run.raw else ("validation" if "validation" in run.raw else None)
+    if split != args.eval_split:
+        logger.warning("The data has no %s split: the final BLEU is %s", args.eval_split,
+                       f"on {split}" if split else "left out")
     decoding = decoding_options(model.generation_config, args.num_beams, args.length_penalty)
     results.update(decoding)
     if split is not None:
