@@ -19,7 +19,7 @@ from conftest import ROOT, run_module
 from safetensors.torch import load_file
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-from hf_vanilla_transformer import train_tokenizer
+from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration, train_tokenizer
 from hf_vanilla_transformer.translate import translate
 from training.data import load_translation_dataset
 
@@ -324,33 +324,41 @@ def test_over_long_evaluation_pairs_are_counted_not_fatal(tmp_path):
     assert results["eval_sentences"] == 21  # BLEU still scores every test sentence
 
 
-def test_mixed_precision_reaches_every_forward_of_training_and_evaluation(tmp_path):
-    """`--mixed_precision bf16` puts each training step's forward, the validation loss's and the translations'
-    under autocast (bfloat16 logits): a run that lost it would train in float32, slower and with nothing to say so.
-    Only the attention figure, drawn after evaluation, runs in float32."""
-    script = "\n".join([
-        "import json, sys, torch",
-        "from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration",
-        "from training import train",
-        "seen, plot = [], train.plot_attention",
-        "def record(module, args, output):",
-        "    if isinstance(module, VanillaTransformerForConditionalGeneration):",
-        "        seen.append([module.training, str(output.logits.dtype)])",
-        "torch.nn.modules.module.register_module_forward_hook(record)",
-        "train.plot_attention = lambda *args, **kwargs: (seen.append('figure'), plot(*args, **kwargs))[1]",
-        "train.main(sys.argv[2:])",
-        "open(sys.argv[1], 'w').write(json.dumps(seen))",
-    ])
-    records = tmp_path / "forwards.json"
-    command = train_command(tmp_path / "run", "--mixed_precision", "bf16", "--max_steps", "4", "--eval_steps", "2")
-    result = subprocess.run([sys.executable, "-c", script, str(records), *command[3:]], cwd=ROOT,
-                            env=environment(tmp_path), capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-5000:]
-    seen = json.loads(records.read_text())
-    before_figure = seen[: seen.index("figure")]
-    assert [dtype for training, dtype in before_figure if training] == ["torch.bfloat16"] * 4
-    evaluation = [dtype for training, dtype in before_figure if not training]
-    assert len(evaluation) > 10 and set(evaluation) == {"torch.bfloat16"}
+def test_mixed_precision_reaches_training_and_validation_and_the_saved_model_gives_the_reported_bleu(
+        tmp_path, monkeypatch):
+    """`--mixed_precision bf16` puts each training step's forward and the validation loss's and translations' under
+    autocast (bfloat16 logits): a run that lost it would train in float32, slower and with nothing to say so. The
+    final model is evaluated as it is saved, in float32, so that the folder gives its users the BLEU on its card."""
+    from training import train as training
+
+    seen = []
+
+    def record(module, args, output):
+        if isinstance(module, VanillaTransformerForConditionalGeneration):
+            seen.append([module.training, str(output.logits.dtype)])
+
+    evaluate = training.evaluate
+    monkeypatch.setattr(training, "evaluate", lambda run: (seen.append("final"), evaluate(run))[1])
+    hook = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        train(tmp_path, tmp_path / "run", "--mixed_precision", "bf16", "--max_steps", "4", "--eval_steps", "2")
+    finally:
+        hook.remove()
+    during, final = seen[: seen.index("final")], seen[seen.index("final") + 1 :]
+    assert [dtype for training_, dtype in during if training_] == ["torch.bfloat16"] * 4
+    validation = [dtype for training_, dtype in during if not training_]
+    assert len(validation) > 10 and set(validation) == {"torch.bfloat16"}
+    assert len(final) > 10 and {dtype for _, dtype in final} == {"torch.float32"} and not any(t for t, _ in final)
+
+    folder = tmp_path / "run" / "model"
+    results = json.loads((folder / "training_results.json").read_text())
+    assert results["mixed_precision"] == "bf16"
+    saved = run_module("training.evaluate_bleu", "--model", folder, "--split", "test", "--max_samples",
+                       results["eval_sentences"], "--num_beams", results["num_beams"], "--output_file",
+                       tmp_path / "from_folder.txt")
+    assert saved.returncode == 0, saved.stderr[-3000:]
+    assert json.loads(saved.stdout.strip().splitlines()[-1])["bleu"] == results["bleu"]
+    assert (tmp_path / "from_folder.txt").read_text() == (tmp_path / "run" / "translations.txt").read_text()
 
 
 def wmt_shaped_corpus(prefix, pairs: int, seed: int = 0) -> str:

@@ -1,6 +1,10 @@
-"""Evaluation during and after training, the processes sharing the work: the validation loss and translations."""
+"""Evaluation during and after training, the processes sharing the work: the validation loss and translations.
+
+During training both run under the run's mixed precision; the final model is evaluated with `autocast=False`, in
+the float32 it is saved in, so that its reported scores are the ones its users get from the saved folder."""
 
 import math
+from contextlib import nullcontext
 
 import torch
 from accelerate.utils import DistributedType, gather_object
@@ -12,7 +16,7 @@ from .data import TokenBatchSampler, lengths
 
 
 @torch.no_grad()
-def validation_loss(model, dataset, collator, accelerator, max_tokens: int) -> float:
+def validation_loss(model, dataset, collator, accelerator, max_tokens: int, autocast: bool = True) -> float:
     """Label-smoothed cross-entropy per target token over the whole split, shared out among the processes."""
     model.eval()
     sampler = TokenBatchSampler(lengths(dataset), max_tokens, num_replicas=accelerator.num_processes,
@@ -21,7 +25,7 @@ def validation_loss(model, dataset, collator, accelerator, max_tokens: int) -> f
     for batch in DataLoader(dataset.remove_columns("length"), batch_sampler=sampler, collate_fn=collator):
         batch = batch.to(accelerator.device)
         tokens = (batch["labels"] != -100).sum()
-        with accelerator.autocast():
+        with accelerator.autocast() if autocast else nullcontext():
             loss = model(**batch, num_items_in_batch=1).loss
         total += torch.stack([loss, tokens.float()])
     model.train()
@@ -29,7 +33,8 @@ def validation_loss(model, dataset, collator, accelerator, max_tokens: int) -> f
     return loss_sum / tokens
 
 
-def translate_split(model, tokenizer, sources, accelerator, batch_size=64, **generate_kwargs) -> list[str]:
+def translate_split(model, tokenizer, sources, accelerator, batch_size=64, autocast: bool = True,
+                    **generate_kwargs) -> list[str]:
     """Translations of `sources`, the processes sharing the work; every process gets all of them, in order.
 
     Where the weights are sharded among the processes (FSDP, DeepSpeed ZeRO-3), each decoding step needs every
@@ -40,7 +45,7 @@ def translate_split(model, tokenizer, sources, accelerator, batch_size=64, **gen
     if processes > 1 and weights_are_sharded(accelerator):
         mine = mine + sources[:1] * (math.ceil(len(sources) / processes) - len(mine))  # padding, dropped below
         generate_kwargs["synced_gpus"] = True
-    with accelerator.autocast():
+    with accelerator.autocast() if autocast else nullcontext():
         mine = translate(model, tokenizer, mine, batch_size, **generate_kwargs)
     gathered = gather_object([mine])
     return [gathered[i % len(gathered)][i // len(gathered)] for i in range(len(sources))]

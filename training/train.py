@@ -557,7 +557,8 @@ def evaluate(run: Run) -> dict:
                "train_epochs": round(run.step / run.steps_per_epoch, 1), "averaged_checkpoints": len(usable)}
     if "validation" in run.data:  # of the averaged model, per target token, without label smoothing (Table 3's PPL)
         smoothing, model.config.label_smoothing = model.config.label_smoothing, 0.0
-        nll = validation_loss(run.model, run.data["validation"], run.collator, accelerator, args.max_tokens)
+        nll = validation_loss(run.model, run.data["validation"], run.collator, accelerator, args.max_tokens,
+                              autocast=False)  # as saved
         model.config.label_smoothing = smoothing
         results["validation_perplexity"] = round(math.exp(nll), 2) if nll < MAX_LOG_PERPLEXITY else None
         if results["validation_perplexity"] is None:
@@ -572,7 +573,7 @@ def evaluate(run: Run) -> dict:
     if split is not None:
         pairs = run.raw[split]["translation"]
         sources = [p[args.source_lang] for p in pairs]
-        hypotheses = translate_split(model, run.tokenizer, sources, accelerator, **decoding)
+        hypotheses = translate_split(model, run.tokenizer, sources, accelerator, autocast=False, **decoding)
         bleu = corpus_bleu(hypotheses, [p[args.target_lang] for p in pairs], run.bleu_metric)
         if accelerator.is_main_process:
             (run.output / "translations.txt").write_text("".join(f"{line}\n" for line in hypotheses), encoding="utf-8")
