@@ -227,11 +227,12 @@ def test_an_earlier_run_is_not_overwritten_by_accident(tmp_path):
 
 def rewrite_checksums(checkpoint):
     """What a file damaged before its checksum was taken looks like: every check but reading it passes."""
-    from training.checkpoints import STATE_NAME, _sha256
+    from training.checkpoints import STATE_NAME
+    from training.data import sha256_file
 
     state = json.loads((checkpoint / STATE_NAME).read_text())
     for name in state["files"]:
-        state["files"][name] = {"size": (checkpoint / name).stat().st_size, "sha256": _sha256(checkpoint / name)}
+        state["files"][name] = {"size": (checkpoint / name).stat().st_size, "sha256": sha256_file(checkpoint / name)}
     (checkpoint / STATE_NAME).write_text(json.dumps(state))
 
 

@@ -3,6 +3,7 @@
 import json
 import logging
 import math
+import os
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -265,7 +266,7 @@ def test_embedded_multi30k_and_local_files_load(tmp_path, tokenizer):
 
 def test_local_files_are_cached_as_arrow_and_tokenized_once(tmp_path, tokenizer, monkeypatch):
     """The text goes to an Arrow file on disk (memory-mapped); the tokenized split is cached beside it, keyed by the
-    text and the tokenizer; an edited file is read again."""
+    text and the tokenizer; an edited file is read again, even where its size and modification time stay."""
     import datasets
 
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
@@ -282,6 +283,14 @@ def test_local_files_are_cached_as_arrow_and_tokenized_once(tmp_path, tokenizer,
     (tmp_path / "corpus.en").write_text("A dog.\nTwo cats.\nThree small birds.\n")
     edited = load_translation_dataset("de", "en", train_file=str(tmp_path / "corpus"))["train"]
     assert edited[2]["translation"]["en"] == "Three small birds."
+    # An edit that keeps the size and the modification time (`touch -r`, `cp -p`, tar): the content keys the cache.
+    stat = (tmp_path / "corpus.en").stat()
+    (tmp_path / "corpus.en").write_text("A dog.\nTwo cats.\nThree large birds.\n")
+    os.utime(tmp_path / "corpus.en", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    restored = (tmp_path / "corpus.en").stat()
+    assert (restored.st_size, restored.st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+    same_size = load_translation_dataset("de", "en", train_file=str(tmp_path / "corpus"))["train"]
+    assert same_size[2]["translation"]["en"] == "Three large birds."
 
 
 def test_multi30k_copy_is_complete():

@@ -8,7 +8,6 @@ that cannot be used is set aside as `unusable-step-NNNNNNNN`, where it is neithe
 """
 
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -20,6 +19,8 @@ from accelerate.utils import gather_object
 from accelerate.utils import load as load_accelerate_file
 from safetensors import safe_open
 from safetensors.torch import load_file
+
+from .data import sha256_file
 
 try:
     import fcntl
@@ -34,14 +35,6 @@ STATE_NAME = "trainer_state.json"
 WEIGHTS_NAME = "model.safetensors"
 PREFIX = "step-"
 SET_ASIDE_PREFIX = "unusable-"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def lock_output_dir(output: Path):
@@ -95,7 +88,7 @@ def save_checkpoint(accelerator, root: str | os.PathLike, step: int, state: dict
         accelerator.save_state(str(temporary), safe_serialization=True)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            files = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(temporary.iterdir())}
+            files = {p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)} for p in sorted(temporary.iterdir())}
             with open(temporary / STATE_NAME, "w") as file:
                 json.dump({**state, "step": step, "files": files}, file, indent=2)
                 file.flush()
@@ -159,7 +152,7 @@ def checkpoint_problem(path: str | os.PathLike) -> str | None:
         file = path / name
         if not file.is_file():
             return f"{name} is missing"
-        if file.stat().st_size != expected["size"] or _sha256(file) != expected["sha256"]:
+        if file.stat().st_size != expected["size"] or sha256_file(file) != expected["sha256"]:
             return f"{name} is damaged (its size or checksum differs from when it was written)"
     if WEIGHTS_NAME not in state.get("files", {}):
         return f"{WEIGHTS_NAME} was never written"

@@ -9,7 +9,8 @@ source<TAB>target, or a first line naming the columns, e.g. `de<TAB>en<TAB>domai
 optionally gzipped). A file that is not that raises `DataError`, naming the file and line.
 
 Local files are read line by line into an Arrow file in the `datasets` cache (`HF_DATASETS_CACHE`), memory-mapped,
-so memory stays flat in the corpus size; the cache is keyed by each file's path, size and modification time. The
+so memory stays flat in the corpus size; the cache is keyed by each file's path and the SHA-256 of its bytes (an
+edit that keeps the size and the modification time is read again; hashing costs ~1 % of reading). The
 tokenized splits are cached too, keyed by the text's fingerprint and the whole tokenizer: the main process prepares
 them once, and the other processes, reruns and resumes load them.
 """
@@ -134,6 +135,15 @@ def json_lines(lines: Iterator[tuple[int, str]], path: str) -> Iterator[tuple[in
                 raise DataError(f"{path}, line {number}: not valid JSON ({error.msg})") from None
 
 
+def sha256_file(path: Path) -> str:
+    """The SHA-256 of a file's bytes, read a megabyte at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def load_file(path: str, source_lang: str, target_lang: str) -> Dataset:
     """A local split, `.tsv`, `.jsonl`/`.json` or a parallel-text prefix, through the Arrow cache."""
     if path.endswith(".tsv"):
@@ -152,9 +162,9 @@ def load_file(path: str, source_lang: str, target_lang: str) -> Dataset:
         if not file.is_file():
             raise DataError(f"{file}: no such file")
         check_not_empty(file)
-    # Each file with its size and modification time: they key the cache, so an edited file is read again. (A tuple:
-    # `datasets` would shard a list among generator calls.)
-    files = tuple((str(file), file.stat().st_size, file.stat().st_mtime_ns) for file in paths)
+    # Each file with the digest of its bytes: they key the cache, so an edited file is read again, whatever its size
+    # and modification time say (`touch -r`, `cp -p` and tar keep them). A tuple: `datasets` would shard a list.
+    files = tuple((str(file), sha256_file(file)) for file in paths)
     try:
         features = Features({"translation": Translation([source_lang, target_lang])})
         return Dataset.from_generator(pairs, features=features,
