@@ -52,10 +52,10 @@ def test_library_code_raises_and_only_the_command_line_exits(tmp_path, monkeypat
         parse_config_overrides("d_model")
     (tmp_path / "run" / "logs").mkdir(parents=True)
     args = train.parse_args(["--output_dir", str(tmp_path / "run"), "--no-with_tracking"])
-    with pytest.raises(train.RunStopped, match="holds an earlier run"):
+    with pytest.raises(train.RunStopped, match="holds logs, which no training run wrote"):
         train.start(args)
     assert args.mixed_precision == native
-    with pytest.raises(SystemExit, match="holds an earlier run"):  # what the command line turns it into
+    with pytest.raises(SystemExit, match="which no training run wrote"):  # what the command line turns it into
         train.cli(["--output_dir", str(tmp_path / "run"), "--no-with_tracking"])
 
 

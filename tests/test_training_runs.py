@@ -280,6 +280,29 @@ def test_overwrite_output_dir_starts_clean(tmp_path):
     assert AutoModelForSeq2SeqLM.from_pretrained(output / "model").config.vocab_size == 500
 
 
+def test_overwrite_output_dir_deletes_only_what_runs_wrote(tmp_path):
+    """A folder no run wrote is never emptied, --overwrite_output_dir or not; in a run's folder, a file the runs did
+    not write stops the overwrite, naming it, before anything is deleted."""
+    mine = {"logs/notes.txt": "notes", "model/other.bin": "weights", "src/main.py": "code"}
+    project = tmp_path / "project"
+    for name, text in mine.items():
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        (project / name).write_text(text)
+    for extra in ([], ["--overwrite_output_dir"]):
+        result = train(tmp_path, project, "--max_steps", "2", "--eval_bleu_samples", "0", *extra, check=False)
+        assert result.returncode == 1 and "holds logs, model, which no training run wrote" in result.stderr
+    left = {str(p.relative_to(project)): p.read_text() for p in project.rglob("*") if p.is_file()}
+    assert left == mine | {".lock": left.get(".lock")}  # the user's files as they were, and the runs' lock file
+
+    output = tmp_path / "run"
+    args = ["--max_steps", "2", "--checkpointing_steps", "2", "--eval_bleu_samples", "0", "--max_eval_samples", "20"]
+    train(tmp_path, output, *args)
+    (output / "logs" / "notes.txt").write_text("notes")
+    result = train(tmp_path, output, *args, "--overwrite_output_dir", check=False)
+    assert result.returncode == 1 and "files no run wrote" in result.stderr and "logs/notes.txt" in result.stderr
+    assert (output / "logs" / "notes.txt").read_text() == "notes" and (output / "model" / "model.safetensors").is_file()
+
+
 def test_continuing_a_saved_model_keeps_its_tokenizer_and_applies_or_refuses_overrides(tmp_path):
     first = tmp_path / "first"
     train(tmp_path, first, "--max_steps", "10", "--eval_bleu_samples", "0")

@@ -30,6 +30,7 @@ except ImportError:  # not POSIX: runs into one folder are not locked
 logger = logging.getLogger(__name__)
 
 LOCK_NAME = ".lock"
+RECORD_NAME = ".run-outputs.json"  # what the runs in an output folder wrote there
 LOW_DISK_BYTES = 256 << 20  # a writer failing with less free space than this ran out of it
 STATE_NAME = "trainer_state.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -57,6 +58,51 @@ def lock_output_dir(output: Path):
     file.write(str(os.getpid()))
     file.flush()
     return file
+
+
+def record_outputs(output: Path, names) -> None:
+    """OUTPUT/RECORD_NAME: the files a run has written under `names` (its outputs in OUTPUT), added to those of the
+    runs before it. Only these may `discard_outputs` delete. Written whole, then renamed."""
+    listed = set(recorded_outputs(output) or ())
+    listed |= {str(path.relative_to(output)) for name in names for path in files_under(output / name)}
+    temporary = output / f".tmp-{RECORD_NAME}"
+    temporary.write_text(json.dumps(sorted(listed), indent=0))
+    os.replace(temporary, output / RECORD_NAME)
+
+
+def recorded_outputs(output: Path) -> list[str] | None:
+    """The files runs recorded writing in OUTPUT; None where no run left a record (the folder is not a run's)."""
+    try:
+        return json.loads((output / RECORD_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def discard_outputs(output: Path, names) -> None:
+    """Delete an earlier run's outputs `names` in OUTPUT for a clean start, and nothing a run did not write: a
+    folder without a record, or a file the record does not list, stops it (`RuntimeError`) before anything goes."""
+    listed = recorded_outputs(output)
+    if listed is None:
+        raise RuntimeError(f"{output} holds {', '.join(names)}, which no training run wrote (no {RECORD_NAME}): "
+                           "move them away, or pass another --output_dir")
+    found = [path for name in names for path in files_under(output / name)]
+    unknown = sorted(str(path.relative_to(output)) for path in found if str(path.relative_to(output)) not in listed)
+    if unknown:
+        raise RuntimeError(f"{output} holds files no run wrote in the outputs --overwrite_output_dir would delete: "
+                           f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}: move them away first")
+    for path in found:
+        path.unlink()
+    for name in names:  # the folders, now empty of files
+        if (output / name).is_dir():
+            shutil.rmtree(output / name)
+    (output / RECORD_NAME).unlink()
+
+
+def files_under(path: Path) -> list[Path]:
+    """`path` if it is a file (or a link), else the files and links inside it, at any depth."""
+    if path.is_symlink() or path.is_file():
+        return [path]
+    return [p for p in path.rglob("*") if p.is_symlink() or not p.is_dir()] if path.is_dir() else []
 
 
 def checkpoint_dirs(root: str | os.PathLike) -> list[Path]:

@@ -287,17 +287,31 @@ def start(args) -> Run:
             run.lock = checkpoints.lock_output_dir(output)  # held until the run ends (`Run.release`) or its process
         except RuntimeError as error:
             raise RunStopped(f"error: {error}") from None
-    earlier = [name for name in RUN_OUTPUTS if (output / name).exists()]
+    earlier = [name for name in RUN_OUTPUTS if (output / name).exists() or (output / name).is_symlink()]
     if args.resume_from_checkpoint is None and earlier:
-        if not args.overwrite_output_dir:
+        if not args.overwrite_output_dir or checkpoints.recorded_outputs(output) is None:
             run.release()
+            if checkpoints.recorded_outputs(output) is None:
+                raise RunStopped(f"error: {output} holds {', '.join(earlier)}, which no training run wrote: "
+                                 "move them away, or pass another --output_dir")
             raise RunStopped(f"{output} holds an earlier run ({', '.join(earlier)}): resume it with "
                              "--resume_from_checkpoint latest, or pass --overwrite_output_dir to start afresh")
         if accelerator.is_main_process:  # a clean start: no old log, tokenizer, checkpoint or model survives
-            for name in earlier:
-                (shutil.rmtree if (output / name).is_dir() else Path.unlink)(output / name)
+            try:
+                checkpoints.discard_outputs(output, earlier)
+            except RuntimeError as error:
+                run.release()
+                raise RunStopped(f"error: {error}") from None
         accelerator.wait_for_everyone()
+    record_outputs(run)
     return run
+
+
+def record_outputs(run: Run) -> None:
+    """Add the files the run has written so far to its output folder's record (main process)."""
+    if run.accelerator.is_main_process:
+        run.output.mkdir(parents=True, exist_ok=True)
+        checkpoints.record_outputs(run.output, RUN_OUTPUTS)
 
 
 def load_data(run: Run) -> None:
@@ -394,6 +408,7 @@ def prepare_training(run: Run) -> None:
     accelerator.init_trackers("train", config={k: v for k, v in hparams.items() if v is not None})
     if run.step == 0:
         accelerator.log({f"{split}_pairs_too_long": count for split, count in run.too_long.items()}, step=0)
+    record_outputs(run)  # the tokenizer and the logs: what a run killed before its first checkpoint leaves
     run.bleu_pairs = run.raw["validation"]["translation"][: args.eval_bleu_samples] if "validation" in run.data else []
     run.bleu_metric = load_bleu()
     paper_peak = paper_learning_rate(run.unwrapped.config.d_model, args.warmup_steps)
@@ -535,6 +550,7 @@ def save_checkpoint(run: Run, interrupted: bool = False) -> None:
                                         run.args.keep_checkpoints)
         except OSError as error:
             raise RunStopped(str(error)) from None
+        record_outputs(run)
 
 
 def diverged(run: Run, what: str) -> RunStopped:
@@ -631,6 +647,7 @@ def save(run: Run, results: dict) -> None:
                     ", ".join(f"{name} {minutes:.2f}" for name, minutes in run.phases.items()))
     accelerator.wait_for_everyone()
     accelerator.end_training()
+    record_outputs(run)
 
 
 @contextmanager
