@@ -161,6 +161,26 @@ def test_impossible_decoding_values_are_refused_by_name(module, argv, message, s
     assert_one_clear_line(run_module(module, "--model", saved, *argv), message)
 
 
+def test_a_full_disk_while_caching_the_data_names_the_cache(tmp_path, monkeypatch):
+    """ENOSPC out of `datasets.map` (tokenizing), as `datasets` raises it: one line naming the cache and the variable
+    that moves it; the next run, with room, trains."""
+    import errno
+
+    import datasets
+
+    map_ = datasets.Dataset.map
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(datasets.Dataset, "map", full_disk)
+    result = train(tmp_path, tmp_path / "run", "--max_steps", "2", "--eval_bleu_samples", "0", check=False)
+    assert_one_clear_line(result, "No space left on device while caching the data in", "hf_home", "HF_DATASETS_CACHE")
+    monkeypatch.setattr(datasets.Dataset, "map", map_)
+    train(tmp_path, tmp_path / "run", "--max_steps", "2", "--eval_bleu_samples", "0", "--resume_from_checkpoint",
+          "latest")
+
+
 def test_missing_data_files_name_the_file(saved, tmp_path):
     missing = tmp_path / "missing.tsv"
     for flag in ("--train_file", "--validation_file", "--test_file"):

@@ -10,6 +10,7 @@ Hub-ready folder with the averaged final weights, the tokenizer, the model card 
 
 
 import argparse
+import errno
 import importlib.util
 import logging
 import math
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 
+import datasets
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
@@ -220,7 +222,8 @@ def main(argv=None) -> dict:
     """The run, phase after phase; returns what `model/training_results.json` holds."""
     run = start(parse_args(argv))
     try:
-        with run.accelerator.main_process_first():  # the main process prepares (and caches) data and tokenizer first
+        # The main process prepares (and caches) data and tokenizer first.
+        with run.accelerator.main_process_first(), room_for_the_data_cache():
             load_data(run)
             build(run)
             tokenize_data(run)
@@ -648,6 +651,22 @@ def save(run: Run, results: dict) -> None:
     accelerator.wait_for_everyone()
     accelerator.end_training()
     record_outputs(run)
+
+
+@contextmanager
+def room_for_the_data_cache():
+    """A full disk while `datasets` caches the data: one line naming the cache. (`datasets` renames its files into
+    place only when written whole, so a later run never reads a half-written one.)"""
+    try:
+        yield
+    except Exception as error:
+        cause = error
+        while cause is not None and getattr(cause, "errno", None) != errno.ENOSPC:
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        raise RunStopped(f"No space left on device while caching the data in {datasets.config.HF_DATASETS_CACHE}: "
+                         "free space there, or set HF_DATASETS_CACHE to a folder on a disk with room") from None
 
 
 @contextmanager
