@@ -7,13 +7,16 @@ transformers 5 removed its `translation` task, but `pipeline()` still honours a 
     pipeline("translation", model="user/name", trust_remote_code=True)("Ein Hund läuft.")
     # [{'translation_text': 'A dog is running.'}]
 
-works with or without this package installed. It imports only `transformers` and the tokenizer check.
+works with or without this package installed. It imports only `transformers` and the tokenizer's checks.
 """
+
+import logging
 
 from transformers import Pipeline
 
-from .tokenization import check_tokenizer_matches_model
+from .tokenization import check_tokenizer_matches_model, warn_on_unknown_input
 
+logger = logging.getLogger(__name__)
 # The `custom_pipelines` entry of config.json that makes `pipeline("translation", ...)` load this file.
 CONFIG_ENTRY = {"translation": {"impl": "pipeline_vanilla_transformer.TranslationPipeline",
                                 "pt": ["AutoModelForSeq2SeqLM"]}}
@@ -49,6 +52,12 @@ class TranslationPipeline(Pipeline):
         return preprocess_params, generate_kwargs, {}
 
     def __call__(self, inputs, **kwargs):
+        if isinstance(inputs, list):  # name the item: a batch would otherwise fail without saying which
+            for number, text in enumerate(inputs):
+                if not isinstance(text, str) or not text.strip():
+                    what = "empty" if isinstance(text, str) else f"a {type(text).__name__}"
+                    raise ValueError(f"Item {number} of the inputs is {what}: the pipeline translates non-empty "
+                                     "strings")
         results = super().__call__(inputs, **kwargs)
         if isinstance(inputs, list) and all(len(result) == 1 for result in results):
             return [result[0] for result in results]
@@ -59,7 +68,9 @@ class TranslationPipeline(Pipeline):
             raise TypeError(f"The translation pipeline takes strings, got {type(text).__name__}")
         if not text.strip():
             raise ValueError("The text to translate is empty")
-        return self.tokenizer(text, return_tensors="pt", truncation=truncation)
+        encoded = self.tokenizer(text, return_tensors="pt", truncation=truncation)
+        warn_on_unknown_input(encoded["input_ids"].tolist(), self.tokenizer, self.model.config, logger)
+        return encoded
 
     def _forward(self, model_inputs, **generate_kwargs):
         batch_size = model_inputs["input_ids"].shape[0]

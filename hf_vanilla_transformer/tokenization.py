@@ -7,6 +7,7 @@ scores.
 
 import hashlib
 import json
+import logging
 from collections.abc import Iterable
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -14,6 +15,7 @@ from transformers import PreTrainedTokenizerFast
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 SPECIAL_TOKENS = [PAD, BOS, EOS, UNK]  # ids 0, 1, 2, 3: the config's pad/bos/eos defaults
+UNKNOWN_SHARE_WARNING = 0.1  # warn when more of the input's tokens than this are <unk>
 
 
 def train_tokenizer(
@@ -92,3 +94,15 @@ def record_tokenizer(config, tokenizer) -> None:
     that every later load can tell this tokenizer from any other."""
     check_tokenizer_matches_model(tokenizer, config)
     config.tokenizer_fingerprint = vocabulary_fingerprint(tokenizer)
+
+
+def warn_on_unknown_input(encoded: Iterable[list[int]], tokenizer, config, logger: logging.Logger) -> None:
+    """Warn when more than `UNKNOWN_SHARE_WARNING` of the source tokens (each sequence without its `</s>`) are
+    `<unk>`: input in a language or script the vocabulary does not know, which still translates into fluent text."""
+    encoded = list(encoded)
+    tokens = sum(len(ids) - 1 for ids in encoded)
+    unknown = sum(list(ids).count(tokenizer.unk_token_id) for ids in encoded)
+    if tokens and unknown / tokens > UNKNOWN_SHARE_WARNING:
+        language = f" in {config.src_lang}" if getattr(config, "src_lang", None) else ""
+        logger.warning("%.0f%% of the input's tokens are unknown to the model's vocabulary (<unk>): is the input%s?",
+                       100 * unknown / tokens, language)

@@ -17,11 +17,11 @@ import torch
 from .cli import available_device, positive_int
 from .ctranslate2_backend import CTranslate2Model
 from .loading import load_model_and_tokenizer
+from .tokenization import warn_on_unknown_input
 
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("transformers", "ctranslate2")
-UNKNOWN_SHARE_WARNING = 0.1  # warn when more of the input's tokens than this are <unk>
 
 
 def translate(model, tokenizer, sentences: list[str], batch_size: int = 64, **generate_kwargs) -> list[str]:
@@ -41,12 +41,7 @@ def translate(model, tokenizer, sentences: list[str], batch_size: int = 64, **ge
                        "sentence %d, %d tokens)", len(too_long), max_length, too_long[0], len(encoded[too_long[0]]))
         for i in too_long:
             encoded[i] = encoded[i][: max_length - 1] + [tokenizer.eos_token_id]
-    tokens = sum(len(ids) - 1 for ids in encoded.values())  # without each sentence's </s>
-    unknown = sum(ids.count(tokenizer.unk_token_id) for ids in encoded.values())
-    if tokens and unknown / tokens > UNKNOWN_SHARE_WARNING:
-        language = f" in {model.config.src_lang}" if getattr(model.config, "src_lang", None) else ""
-        logger.warning("%.0f%% of the input's tokens are unknown to the model's vocabulary (<unk>): is the input%s?",
-                       100 * unknown / tokens, language)
+    warn_on_unknown_input(encoded.values(), tokenizer, model.config, logger)
 
     order = sorted(todo, key=lambda i: len(sentences[i]))
     translations = [""] * len(sentences)

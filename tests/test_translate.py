@@ -69,3 +69,12 @@ def test_unknown_and_over_long_input_is_reported(folder, tokenizer, caplog):
         translations = translate(model, tokenizer, [long, "Ein Hund."], num_beams=1, max_new_tokens=3)
     assert "1 sentence(s) longer than max_position_embeddings=128 tokens were truncated" in caplog.text
     assert len(translations) == 2
+
+
+def test_the_pipeline_names_an_empty_item_and_warns_on_unknown_input_as_translate_does(folder, caplog):
+    translator = pipeline("translation", model=str(folder), trust_remote_code=True)
+    with pytest.raises(ValueError, match="Item 1 of the inputs is empty"):
+        translator(["Ein Hund.", " "], max_new_tokens=3)
+    with caplog.at_level(logging.WARNING):
+        translator("一只狗在草地上跑。", max_new_tokens=3, num_beams=1)
+    assert "unknown to the model's vocabulary (<unk>): is the input in de?" in caplog.text
