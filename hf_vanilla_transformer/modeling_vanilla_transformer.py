@@ -692,8 +692,11 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
 
     def generate(self, inputs: torch.Tensor | None = None, generation_config=None, logits_processor=None, **kwargs):
         """`GenerationMixin.generate`; with no length limit given, each sentence gets at most its own source length
-        + 50 new tokens (§6.1), so that a sentence translates the same alone and in any batch."""
+        + 50 new tokens (§6.1), so that a sentence translates the same alone and in any batch. Greedy decoding takes
+        the neutral length penalty: §6.1's 0.6 scores beams alone, and transformers warns that it goes unused."""
         config = generation_config if generation_config is not None else self.generation_config
+        if kwargs.get("num_beams", config.num_beams) == 1 and kwargs.get("length_penalty", config.length_penalty) != 1:
+            kwargs["length_penalty"] = 1.0
         limits = (kwargs.get("max_length"), kwargs.get("max_new_tokens"), config.max_length, config.max_new_tokens)
         source = inputs if inputs is not None else kwargs.get("input_ids", kwargs.get("inputs_embeds"))
         if all(limit is None for limit in limits) and source is not None:

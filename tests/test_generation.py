@@ -12,6 +12,21 @@ def test_default_generation_config_is_the_papers(model):
     assert model.generation_config.eos_token_id == 2
 
 
+def test_greedy_decoding_leaves_the_length_penalty_without_a_warning(model):
+    """§6.1's length penalty scores beams alone: greedy decoding with the paper's generation config must not make
+    transformers warn, call after call, that it goes unused; the config itself keeps 0.6 for beam search."""
+    import logging
+
+    from transformers.testing_utils import CaptureLogger
+    from transformers.utils.logging import get_logger
+
+    logging.Logger.warning_once.cache_clear()  # transformers warns once per process: no earlier test hides it
+    with CaptureLogger(get_logger("transformers.generation.configuration_utils")) as captured:
+        model.generate(input_ids=torch.tensor([[11, 12, 13, 2]]), num_beams=1, max_new_tokens=4)
+    assert "generation flags are not valid" not in captured.out
+    assert model.generation_config.length_penalty == 0.6
+
+
 def test_output_limit_is_source_length_plus_50(model):
     """§6.1: "maximum output length ... input length + 50"; EOS is suppressed so that the limit is reached."""
     source = torch.tensor([[11, 12, 13, 14, 15, 16, 2], [21, 22, 23, 2, 0, 0, 0]])
