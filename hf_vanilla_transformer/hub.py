@@ -11,6 +11,7 @@ import argparse
 import copy
 import json
 import logging
+import re
 import string
 import sys
 from pathlib import Path
@@ -43,6 +44,12 @@ CTRANSLATE2_USAGE = """The folder `{folder}/` holds the model exported to [CTran
 """
 
 
+NOT_EVALUATED = "Not evaluated: the run's data had no validation or test split to score it on.\n"
+UNSCORED = (  # the card of a model without a score: no model-index, and the sentences that give the score say so
+    (re.compile(r"model-index:\n(?:(?:- |  ).*\n)+"), ""),
+    (re.compile(r"\*\*sacreBLEU \$\{bleu\}\*\* on .*\n"), NOT_EVALUATED),
+    (re.compile(r"\$\{dataset\} `\$\{eval_split\}`: \*\*sacreBLEU.*?\$\{paper_bleu_line\}\n", re.S), NOT_EVALUATED),
+)
 # How the model card names each `position_embedding_type`.
 POSITIONS = {"sinusoidal": "sinusoidal positions (as in the paper)",
              "learned": "learned positional embeddings (Table 3, row E)",
@@ -70,12 +77,17 @@ def model_card_values(model) -> dict:
 
 
 def render_model_card(values: dict, template: str | Path = MODEL_CARD_TEMPLATE) -> str:
-    """`model_card.md` with its `${name}` fields filled from `values`; a missing value raises `KeyError`."""
+    """`model_card.md` with its `${name}` fields filled from `values`; a missing value raises `KeyError`. A model
+    whose run had no split to evaluate on (no `bleu`) gets a card that says so, without a score or model-index."""
     values = {"repo_id": f"your-username/{values.get('model_name', 'model')}", "ctranslate2_usage": "",
-              "paper_bleu_line": "",
+              "paper_bleu_line": "", "example_source": "Ein Hund läuft über die Wiese.",
               "extra_output_tokens": EXTRA_OUTPUT_TOKENS, "generation_num_beams": NUM_BEAMS,
               "generation_length_penalty": LENGTH_PENALTY, **values}  # the last three: folders saved before them
-    return string.Template(Path(template).read_text()).substitute(values)
+    text = Path(template).read_text()
+    if "bleu" not in values:
+        for pattern, replacement in UNSCORED:
+            text = pattern.sub(replacement, text, count=1)
+    return string.Template(text).substitute(values)
 
 
 def save_for_hub(folder: str | Path, model, tokenizer, results: dict,

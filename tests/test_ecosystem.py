@@ -221,8 +221,15 @@ def test_model_card_metadata_parses_and_carries_the_score(hub_folder):
         assert section in text
     values = json.loads((folder / "training_results.json").read_text())
     assert hub.render_model_card(values) == text
-    with pytest.raises(KeyError, match="bleu"):
-        hub.render_model_card({k: v for k, v in values.items() if k != "bleu"})
+    with pytest.raises(KeyError, match="d_model"):
+        hub.render_model_card({k: v for k, v in values.items() if k != "d_model"})
+    # A run with no split to evaluate on: the card says so, with no score and no model-index.
+    scores = ("bleu", "bleu_signature", "eval_split", "eval_sentences", "example_source")
+    unscored = hub.render_model_card({k: v for k, v in values.items() if k not in scores})
+    metadata = yaml.safe_load(unscored.split("---")[1])
+    assert "model-index" not in metadata and metadata["datasets"] == ["multi30k"]
+    assert unscored.count("Not evaluated: the run's data had no validation or test split") == 2
+    assert "BLEU" not in unscored.replace("bleu", "") and "${" not in unscored and "## Evaluation" in unscored
 
 
 def test_the_model_card_names_the_position_type(tmp_path, tokenizer):

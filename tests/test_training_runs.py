@@ -331,6 +331,15 @@ def test_continuing_a_saved_model_keeps_its_tokenizer_and_applies_or_refuses_ove
     assert mismatched.returncode != 0 and "not the one the model was trained with" in mismatched.stderr
 
 
+def test_a_run_on_a_train_file_alone_saves_a_card_that_says_it_was_not_evaluated(tmp_path):
+    pairs = load_translation_dataset("de", "en")["train"].select(range(400))["translation"]
+    (tmp_path / "train.tsv").write_text("".join(f"{p['de']}\t{p['en']}\n" for p in pairs))
+    result = train(tmp_path, tmp_path / "run", "--train_file", str(tmp_path / "train.tsv"), "--max_steps", "3")
+    assert "The data has no test split: the final BLEU is left out" in result.stderr
+    card = (tmp_path / "run" / "model" / "README.md").read_text()
+    assert "Not evaluated: the run's data had no validation or test split" in card and "model-index" not in card
+
+
 def test_over_long_evaluation_pairs_are_counted_not_fatal(tmp_path):
     pairs = load_translation_dataset("de", "en")["train"].select(range(400))["translation"]
     lines = [f"{p['de']}\t{p['en']}" for p in pairs]
