@@ -1,5 +1,6 @@
 """The training recipe's pieces, in process: batching, schedule, checkpoints, averaging, BLEU, data loading."""
 
+import copy
 import json
 import logging
 import math
@@ -278,6 +279,9 @@ def test_local_files_are_cached_as_arrow_and_tokenized_once(tmp_path, tokenizer,
     again = tokenize(load_translation_dataset("de", "en", train_file=str(tmp_path / "corpus"))["train"], tokenizer,
                      "de", "en", max_length=64)
     assert again.cache_files == first.cache_files and again["input_ids"] == first["input_ids"]
+    used = copy.deepcopy(tokenizer)  # as a call with padding and truncation leaves the Rust tokenizer: same ids, key
+    used(["Ein Hund.", "Zwei Katzen laufen."], padding=True, truncation=True, max_length=4)
+    assert tokenize(train, used, "de", "en", max_length=64).cache_files == first.cache_files
     other = hf_vanilla_transformer.train_tokenizer(["Ein Hund.", "A dog."] * 50, vocab_size=40)
     assert tokenize(train, other, "de", "en", max_length=64).cache_files != first.cache_files
     (tmp_path / "corpus.en").write_text("A dog.\nTwo cats.\nThree small birds.\n")

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from datasets import Dataset, DatasetDict, Features, List, Translation, Value, load_dataset
 from datasets.exceptions import DatasetGenerationError
+from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerFast
 
 logger = logging.getLogger(__name__)
@@ -225,9 +226,13 @@ def tokenize(dataset: Dataset, tokenizer, source_lang: str, target_lang: str, ma
     (callers count them). The attention mask is the collator's (padding makes it), not stored.
 
     The result is cached beside the text, keyed by the text's fingerprint and the serialized tokenizer."""
-    backend = tokenizer.backend_tokenizer if isinstance(tokenizer, PreTrainedTokenizerFast) else None
-    if backend is not None and backend.truncation is None and backend.padding is None:
-        # The Rust tokenizer directly: what `tokenizer(texts)["input_ids"]` gives, without Python-side encodings.
+    if isinstance(tokenizer, PreTrainedTokenizerFast):
+        # The Rust tokenizer directly: what `tokenizer(texts)["input_ids"]` gives, without Python-side encodings. A
+        # copy without the padding or truncation an earlier call may have left set: the same ids, the same key.
+        backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+        backend.no_padding()
+        backend.no_truncation()
+
         def ids(texts):
             return [encoding.ids for encoding in backend.encode_batch_fast(texts)]
         fingerprint = hashlib.sha256(backend.to_str().encode()).hexdigest()
