@@ -181,6 +181,15 @@ def test_a_full_disk_while_caching_the_data_names_the_cache(tmp_path, monkeypatc
           "latest")
 
 
+def test_a_bad_line_in_a_training_file_stops_the_run_with_one_line(tmp_path):
+    """A `DataError` raised inside `datasets`' generator (line 2 is not UTF-8) reaches the command line as one line
+    naming the file and the line (its exception chain loops back on itself: once, that hung the run)."""
+    bad = tmp_path / "train.tsv"
+    bad.write_bytes(b"Ein Hund.\tA dog.\n" + "Grüße.\tGreetings.\n".encode("latin-1"))
+    result = train(tmp_path, tmp_path / "run", "--train_file", str(bad), "--max_steps", "1", check=False)
+    assert_one_clear_line(result, f"{bad}, line 2: not UTF-8")
+
+
 def test_missing_data_files_name_the_file(saved, tmp_path):
     missing = tmp_path / "missing.tsv"
     for flag in ("--train_file", "--validation_file", "--test_file"):

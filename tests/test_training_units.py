@@ -339,6 +339,8 @@ def test_tsv_is_two_columns_or_a_header_naming_them(tmp_path):
      r"broken.jsonl, line 2: not valid JSON"),
     ("keys.jsonl", b'{"translation": {"de": "a", "en": "b"}}\n{"translation": {"de": "a", "fr": "b"}}\n',
      r"keys.jsonl, line 2: no en text \(found \['de', 'fr'\]\)"),
+    ("number.jsonl", b'{"translation": {"de": 5, "en": "A dog."}}\n',
+     r"number.jsonl, line 1: no de text \(found \['de', 'en'\]; de is a int\)"),
     ("text.de", "Grüße.\n".encode("latin-1"), r"text.de, line 1: not UTF-8"),
 ])
 def test_bad_data_files_give_one_line_errors_naming_file_and_line(tmp_path, name, content, message):

@@ -121,6 +121,8 @@ def jsonl_pairs(files: tuple, source_lang: str, target_lang: str) -> Iterator[di
         missing = [lang for lang in (source_lang, target_lang) if not isinstance((pair or {}).get(lang), str)]
         if missing:
             found = sorted(pair) if isinstance(pair, dict) else type(row).__name__
+            found = "; ".join([str(found)] + [f"{lang} is a {type(pair[lang]).__name__}" for lang in missing
+                                              if isinstance(pair, dict) and lang in pair])
             raise DataError(f"{path}, {where} {number}: no {' or '.join(missing)} text (found {found}); expected "
                             f'{{"translation": {{"{source_lang}": ..., "{target_lang}": ...}}}}')
         yield {"translation": {source_lang: pair[source_lang], target_lang: pair[target_lang]}}

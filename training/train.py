@@ -660,10 +660,10 @@ def room_for_the_data_cache():
     try:
         yield
     except Exception as error:
-        cause = error
-        while cause is not None and getattr(cause, "errno", None) != errno.ENOSPC:
-            cause = cause.__cause__ or cause.__context__
-        if cause is None:
+        chain = [error]  # the error and those it was raised from or during (a chain can loop back on itself)
+        while (link := chain[-1].__cause__ or chain[-1].__context__) is not None and link not in chain:
+            chain.append(link)
+        if not any(getattr(link, "errno", None) == errno.ENOSPC for link in chain):
             raise
         raise RunStopped(f"No space left on device while caching the data in {datasets.config.HF_DATASETS_CACHE}: "
                          "free space there, or set HF_DATASETS_CACHE to a folder on a disk with room") from None
