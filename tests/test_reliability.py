@@ -179,6 +179,11 @@ def test_a_full_disk_while_caching_the_data_names_the_cache(tmp_path, monkeypatc
     monkeypatch.setattr(datasets.Dataset, "map", map_)
     train(tmp_path, tmp_path / "run", "--max_steps", "2", "--eval_bleu_samples", "0", "--resume_from_checkpoint",
           "latest")
+    unwritable = tmp_path / "elsewhere"  # a cache folder that cannot be made: a file stands where it would go
+    (unwritable / "hf_home").mkdir(parents=True)
+    (unwritable / "hf_home" / "datasets").write_text("not a folder")
+    result = train(unwritable, unwritable / "run", "--max_steps", "2", "--eval_bleu_samples", "0", check=False)
+    assert_one_clear_line(result, "while caching the data in", str(unwritable / "hf_home" / "datasets"))
 
 
 def test_a_bad_line_in_a_training_file_stops_the_run_with_one_line(tmp_path):

@@ -303,6 +303,12 @@ def test_multi30k_copy_is_complete():
             assert (MULTI30K / f"{split}.{lang}.gz").is_file()
 
 
+def test_a_hub_dataset_out_of_reach_is_one_line_naming_it():
+    """Offline (as the tests run), a Hub dataset that is not cached: a `DataError`, not `datasets`' traceback."""
+    with pytest.raises(DataError, match="The dataset 'someone/no-such-dataset' could not be loaded.*--train_file"):
+        load_translation_dataset("de", "en", dataset_name="someone/no-such-dataset")
+
+
 def test_hub_style_datasets_with_a_translation_feature_load(tmp_path):
     """What `--dataset_name` gets from the Hub (wmt14 and the like): splits with a `Translation` feature."""
     from datasets import Dataset, Features, Translation
@@ -339,6 +345,8 @@ def test_tsv_is_two_columns_or_a_header_naming_them(tmp_path):
      r"broken.jsonl, line 2: not valid JSON"),
     ("keys.jsonl", b'{"translation": {"de": "a", "en": "b"}}\n{"translation": {"de": "a", "fr": "b"}}\n',
      r"keys.jsonl, line 2: no en text \(found \['de', 'fr'\]\)"),
+    ("text.de.gz", (MULTI30K / "train.de.gz").read_bytes()[:5000],  # cut short
+     r"text.de.gz.*: the gzip data is cut short or damaged"),
     ("number.jsonl", b'{"translation": {"de": 5, "en": "A dog."}}\n',
      r"number.jsonl, line 1: no de text \(found \['de', 'en'\]; de is a int\)"),
     ("text.de", "Grüße.\n".encode("latin-1"), r"text.de, line 1: not UTF-8"),

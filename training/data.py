@@ -19,13 +19,14 @@ import gzip
 import hashlib
 import json
 import logging
+import zlib
 from collections.abc import Iterator
 from itertools import chain, zip_longest
 from pathlib import Path
 
 import numpy as np
 from datasets import Dataset, DatasetDict, Features, List, Translation, Value, load_dataset
-from datasets.exceptions import DatasetGenerationError
+from datasets.exceptions import DatasetGenerationError, DatasetNotFoundError
 from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerFast
 
@@ -48,26 +49,40 @@ def open_text(path: Path):
     return (gzip.open if path.suffix == ".gz" else open)(path, "rb")
 
 
+GZIP_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)  # a .gz file cut short, or not gzip at all
+
+
 def read_lines(path: str | Path) -> Iterator[tuple[int, str]]:
     """The numbered lines of a text file, without their line ends, read one at a time. Only "\\n" ends a line: a
     sentence may hold U+2028 and other "line breaks"."""
+    number = 0
     with open_text(Path(path)) as file:
-        for number, data in enumerate(file, start=1):
-            try:
-                line = data.decode("utf-8")
-            except UnicodeDecodeError as error:
-                raise DataError(f"{path}, line {number}: not UTF-8 (byte {data[error.start]:#04x}); convert the file "
-                                "to UTF-8, e.g. with `iconv -t utf-8`") from None
-            yield number, line.removesuffix("\n").removesuffix("\r")
+        try:
+            for number, data in enumerate(file, start=1):
+                try:
+                    line = data.decode("utf-8")
+                except UnicodeDecodeError as error:
+                    raise DataError(f"{path}, line {number}: not UTF-8 (byte {data[error.start]:#04x}); convert the "
+                                    "file to UTF-8, e.g. with `iconv -t utf-8`") from None
+                yield number, line.removesuffix("\n").removesuffix("\r")
+        except GZIP_ERRORS as error:
+            raise damaged_gzip(f"{path}, after line {number}", error) from None
 
 
 def check_not_empty(path: Path) -> None:
     """Raise a `DataError` for a file of whitespace alone (found at its first bytes for any other)."""
-    with open_text(path) as file:
-        while chunk := file.read(1 << 20):
-            if chunk.strip():
-                return
+    try:
+        with open_text(path) as file:
+            while chunk := file.read(1 << 20):
+                if chunk.strip():
+                    return
+    except GZIP_ERRORS as error:
+        raise damaged_gzip(str(path), error) from None
     raise DataError(f"{path} is empty")
+
+
+def damaged_gzip(where: str, error: Exception) -> DataError:
+    return DataError(f"{where}: the gzip data is cut short or damaged ({error}); download or compress it again")
 
 
 def parallel_text_pairs(files: tuple, source_lang: str, target_lang: str) -> Iterator[dict]:
@@ -191,7 +206,11 @@ def load_translation_dataset(
     """A `DatasetDict` of the splits the source has (`train`, `validation`, `test`); pairs with an empty side are
     dropped (with a warning)."""
     if dataset_name is not None:
-        splits = load_dataset(dataset_name, dataset_config_name)
+        try:
+            splits = load_dataset(dataset_name, dataset_config_name)
+        except (ConnectionError, DatasetNotFoundError, FileNotFoundError) as error:
+            raise DataError(f"The dataset {dataset_name!r} could not be loaded ({error}); without the network, pass "
+                            "local files (--train_file ...) or load it once where the Hub is reachable") from None
     elif any(path is not None for path in (train_file, validation_file, test_file)):
         files = {"train": train_file, "validation": validation_file, "test": test_file}
         splits = DatasetDict(

@@ -223,7 +223,7 @@ def main(argv=None) -> dict:
     run = start(parse_args(argv))
     try:
         # The main process prepares (and caches) data and tokenizer first.
-        with run.accelerator.main_process_first(), room_for_the_data_cache():
+        with run.accelerator.main_process_first(), data_cache_failures():
             load_data(run)
             build(run)
             tokenize_data(run)
@@ -654,19 +654,22 @@ def save(run: Run, results: dict) -> None:
 
 
 @contextmanager
-def room_for_the_data_cache():
-    """A full disk while `datasets` caches the data: one line naming the cache. (`datasets` renames its files into
-    place only when written whole, so a later run never reads a half-written one.)"""
+def data_cache_failures():
+    """A full disk, or a cache folder that cannot be written, while `datasets` caches the data: one line naming the
+    cache. (`datasets` renames its files into place only when written whole: a later run reads none half-written.)"""
     try:
         yield
     except Exception as error:
         chain = [error]  # the error and those it was raised from or during (a chain can loop back on itself)
         while (link := chain[-1].__cause__ or chain[-1].__context__) is not None and link not in chain:
             chain.append(link)
-        if not any(getattr(link, "errno", None) == errno.ENOSPC for link in chain):
+        cache = str(datasets.config.HF_DATASETS_CACHE)
+        failed = next((link for link in chain if isinstance(link, OSError) and (
+            link.errno == errno.ENOSPC or str(link.filename or "").startswith(cache))), None)
+        if failed is None:
             raise
-        raise RunStopped(f"No space left on device while caching the data in {datasets.config.HF_DATASETS_CACHE}: "
-                         "free space there, or set HF_DATASETS_CACHE to a folder on a disk with room") from None
+        raise RunStopped(f"{failed.strerror or failed} while caching the data in {cache}: free space there, or set "
+                         "HF_DATASETS_CACHE to a writable folder on a disk with room") from None
 
 
 @contextmanager
