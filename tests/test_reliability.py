@@ -195,6 +195,14 @@ def test_a_bad_line_in_a_training_file_stops_the_run_with_one_line(tmp_path):
     assert_one_clear_line(result, f"{bad}, line 2: not UTF-8")
 
 
+def test_a_model_ctranslate2_cannot_express_is_refused_before_training(tmp_path):
+    pytest.importorskip("ctranslate2")
+    result = train(tmp_path, tmp_path / "run", "--max_steps", "2", "--export_ctranslate2", "--config_overrides",
+                   "position_embedding_type=rope", check=False)
+    assert_one_clear_line(result, "--export_ctranslate2: position_embedding_type='rope'")
+    assert not (tmp_path / "run" / "checkpoints").exists()  # stopped before the first step
+
+
 def test_missing_data_files_name_the_file(saved, tmp_path):
     missing = tmp_path / "missing.tsv"
     for flag in ("--train_file", "--validation_file", "--test_file"):

@@ -34,7 +34,7 @@ from transformers import DataCollatorForSeq2Seq
 
 from hf_vanilla_transformer import plot_attention
 from hf_vanilla_transformer.cli import non_negative_int, positive_int
-from hf_vanilla_transformer.ctranslate2_backend import QUANTIZATIONS, import_ctranslate2
+from hf_vanilla_transformer.ctranslate2_backend import QUANTIZATIONS, check_exportable, import_ctranslate2
 from hf_vanilla_transformer.decoding import decoding_options
 from hf_vanilla_transformer.hub import save_for_hub
 from hf_vanilla_transformer.metrics import BLEU_STYLES, corpus_bleu, load_bleu, paper_bleu
@@ -343,11 +343,17 @@ def load_data(run: Run) -> None:
 
 
 def build(run: Run) -> None:
-    """The model: a new one of `--config_name`, or the saved `--model_name_or_path`."""
+    """The model: a new one of `--config_name`, or the saved `--model_name_or_path`; one that `--export_ctranslate2`
+    cannot export is refused now, not after training."""
     try:
         run.model = build_model(run.args, run.tokenizer, run.accelerator.device)
     except (OSError, ValueError) as error:
         raise RunStopped(f"error: {error}") from None
+    if run.args.export_ctranslate2:
+        try:
+            check_exportable(run.model.config)
+        except ValueError as error:
+            raise RunStopped(f"error: --export_ctranslate2: {error}") from None
 
 
 def tokenize_data(run: Run) -> None:
