@@ -301,6 +301,12 @@ def test_overwrite_output_dir_deletes_only_what_runs_wrote(tmp_path):
     result = train(tmp_path, output, *args, "--overwrite_output_dir", check=False)
     assert result.returncode == 1 and "files no run wrote" in result.stderr and "logs/notes.txt" in result.stderr
     assert (output / "logs" / "notes.txt").read_text() == "notes" and (output / "model" / "model.safetensors").is_file()
+    # With the user's file gone, the overwrite goes ahead; a checkpoint a killed run left half-written is the run's.
+    (output / "logs" / "notes.txt").unlink()
+    (output / "checkpoints" / ".tmp-step-00000004").mkdir()
+    (output / "checkpoints" / ".tmp-step-00000004" / "model.safetensors").write_bytes(b"half")
+    train(tmp_path, output, *args, "--overwrite_output_dir")
+    assert not (output / "checkpoints" / ".tmp-step-00000004").exists()
 
 
 def test_continuing_a_saved_model_keeps_its_tokenizer_and_applies_or_refuses_overrides(tmp_path):

@@ -86,7 +86,8 @@ def discard_outputs(output: Path, names) -> None:
         raise RuntimeError(f"{output} holds {', '.join(names)}, which no training run wrote (no {RECORD_NAME}): "
                            "move them away, or pass another --output_dir")
     found = [path for name in names for path in files_under(output / name)]
-    unknown = sorted(str(path.relative_to(output)) for path in found if str(path.relative_to(output)) not in listed)
+    unknown = sorted(str(path.relative_to(output)) for path in found
+                     if str(path.relative_to(output)) not in listed and not half_written_checkpoint(output, path))
     if unknown:
         raise RuntimeError(f"{output} holds files no run wrote in the outputs --overwrite_output_dir would delete: "
                            f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}: move them away first")
@@ -96,6 +97,13 @@ def discard_outputs(output: Path, names) -> None:
         if (output / name).is_dir():
             shutil.rmtree(output / name)
     (output / RECORD_NAME).unlink()
+
+
+def half_written_checkpoint(output: Path, path: Path) -> bool:
+    """Whether `path` lies in a checkpoint a killed run left half-written (`checkpoints/.tmp-step-…`), which its
+    record cannot list: the run writes the folder under that name only, so it is the run's."""
+    parts = path.relative_to(output).parts
+    return len(parts) > 2 and parts[0] == "checkpoints" and parts[1].startswith(f".tmp-{PREFIX}")
 
 
 def files_under(path: Path) -> list[Path]:
