@@ -292,9 +292,10 @@ def start(args) -> Run:
             raise RunStopped(f"error: {error}") from None
     earlier = [name for name in RUN_OUTPUTS if (output / name).exists() or (output / name).is_symlink()]
     if args.resume_from_checkpoint is None and earlier:
-        if not args.overwrite_output_dir or checkpoints.recorded_outputs(output) is None:
+        unrecorded = checkpoints.recorded_outputs(output) is None
+        if unrecorded or not args.overwrite_output_dir:
             run.release()
-            if checkpoints.recorded_outputs(output) is None:
+            if unrecorded:
                 raise RunStopped(f"error: {output} holds {', '.join(earlier)}, which no training run wrote: "
                                  "move them away, or pass another --output_dir")
             raise RunStopped(f"{output} holds an earlier run ({', '.join(earlier)}): resume it with "
