@@ -23,7 +23,7 @@ from transformers import GenerationConfig, PreTrainedTokenizerFast
 
 from .configuration_vanilla_transformer import VanillaTransformerConfig
 from .decoding import EXTRA_OUTPUT_TOKENS, output_limits
-from .loading import load_model_and_tokenizer
+from .loading import load_model_and_tokenizer, local_folder
 from .tokenization import check_tokenizer_matches_model
 
 INSTALL_HINT = 'CTranslate2 is not installed: pip install "hf-vanilla-transformer[ctranslate2]"'
@@ -183,6 +183,13 @@ def export_ctranslate2(model_dir: str | Path, output_dir: str | Path, quantizati
         example=example or "Ein Hund läuft über die Wiese.", num_beams=model.generation_config.num_beams,
         length_penalty=model.generation_config.length_penalty, extra_tokens=EXTRA_OUTPUT_TOKENS))
     return output_dir
+
+
+def load(folder: str | Path, device: str | None = None, **options):
+    """The backend: a `CTranslate2Model` of the folder `export_ctranslate2` wrote (on `device`, the CPU unless given),
+    and its tokenizer."""
+    model = CTranslate2Model(local_folder(folder), device or "cpu", **options)
+    return model, model.tokenizer
 
 
 class CTranslate2Model:

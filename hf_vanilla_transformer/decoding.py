@@ -7,7 +7,7 @@ that a saved model folder carries it as remote code.
 """
 
 import torch
-from transformers.generation import LogitsProcessor
+from transformers.generation import LogitsProcessor, LogitsProcessorList
 
 NUM_BEAMS = 4
 LENGTH_PENALTY = 0.6
@@ -53,3 +53,28 @@ class SourceLengthLimit(LogitsProcessor):
         forced = torch.full_like(scores, float("-inf"))
         forced[:, self.eos_token_id] = eos
         return torch.where(at_limit[:, None], forced, scores)
+
+
+class PaperDecoding:
+    """The model's `generate` (a mixin before `GenerationMixin`), shared by the PyTorch model and the ONNX
+    Runtime backend."""
+
+    def generate(self, inputs: torch.Tensor | None = None, generation_config=None, logits_processor=None, **kwargs):
+        """`GenerationMixin.generate`; with no length limit given, each sentence gets at most its own source length
+        + 50 new tokens (§6.1), so that a sentence translates the same alone and in any batch. Greedy decoding takes
+        the neutral length penalty: §6.1's 0.6 scores beams alone, and transformers warns that it goes unused."""
+        config = generation_config if generation_config is not None else self.generation_config
+        if kwargs.get("num_beams", config.num_beams) == 1 and kwargs.get("length_penalty", config.length_penalty) != 1:
+            kwargs["length_penalty"] = 1.0
+        limits = (kwargs.get("max_length"), kwargs.get("max_new_tokens"), config.max_length, config.max_new_tokens)
+        source = inputs if inputs is not None else kwargs.get("input_ids", kwargs.get("inputs_embeds"))
+        if all(limit is None for limit in limits) and source is not None:
+            mask = kwargs.get("attention_mask")
+            source_lengths = mask.sum(-1) if mask is not None else torch.full(source.shape[:1], source.shape[1])
+            caps = output_limits(source_lengths, self.config.max_position_embeddings)
+            kwargs["max_new_tokens"] = int(caps.max())
+            start_length = kwargs["decoder_input_ids"].shape[1] if "decoder_input_ids" in kwargs else 1
+            limit = SourceLengthLimit(caps, start_length, config.eos_token_id)
+            logits_processor = LogitsProcessorList([*(logits_processor or []), limit])
+        return super().generate(inputs, generation_config, logits_processor=logits_processor, **kwargs)
+

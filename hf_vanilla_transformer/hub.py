@@ -20,6 +20,8 @@ from huggingface_hub import CommitOperationAdd, HfApi
 
 from .ctranslate2_backend import export_ctranslate2
 from .decoding import EXTRA_OUTPUT_TOKENS, LENGTH_PENALTY, NUM_BEAMS
+from .onnx_backend import FOLDER as ONNX_FOLDER
+from .onnx_backend import ONNX_FILES, export_onnx, usage
 from .pipeline_vanilla_transformer import TranslationPipeline
 from .tokenization import record_tokenizer
 
@@ -37,7 +39,8 @@ UPLOADED_FILES = (*REQUIRED_FILES, *TOKENIZER_FILES, "README.md", "generation_co
                   "learning_curve.png", "attention.png",
                   *(f"{CTRANSLATE2_FOLDER}/{name}" for name in (
                       "model.bin", "config.json", "shared_vocabulary.json", *TOKENIZER_FILES, "generation_config.json",
-                      "README.md")))
+                      "README.md")),
+                  *ONNX_FILES)
 CTRANSLATE2_USAGE = """The folder `{folder}/` holds the model exported to [CTranslate2](https://github.com/OpenNMT/CTranslate2)
 (weights `{quantization}`), several times faster than `generate` on CPUs; its README says how to use it, e.g.
 `python -m hf_vanilla_transformer.translate --model {folder} --backend ctranslate2 "{example}"`.
@@ -80,9 +83,13 @@ def render_model_card(values: dict, template: str | Path = MODEL_CARD_TEMPLATE) 
     """`model_card.md` with its `${name}` fields filled from `values`; a missing value raises `KeyError`. A model
     whose run had no split to evaluate on (no `bleu`) gets a card that says so, without a score or model-index."""
     values = {"repo_id": f"your-username/{values.get('model_name', 'model')}", "ctranslate2_usage": "",
+              "onnx_usage": "",
               "paper_bleu_line": "", "example_source": "Ein Hund läuft über die Wiese.",
               "extra_output_tokens": EXTRA_OUTPUT_TOKENS, "generation_num_beams": NUM_BEAMS,
               "generation_length_penalty": LENGTH_PENALTY, **values}  # the last three: folders saved before them
+    if values.get("onnx"):
+        values["onnx_usage"] = usage(values["repo_id"], values["example_source"], values["decoder_start_token_id"],
+                                     values["eos_token_id"])
     text = Path(template).read_text()
     if "bleu" not in values:
         for pattern, replacement in UNSCORED:
@@ -91,9 +98,10 @@ def render_model_card(values: dict, template: str | Path = MODEL_CARD_TEMPLATE) 
 
 
 def save_for_hub(folder: str | Path, model, tokenizer, results: dict,
-                 ctranslate2_quantization: str | None = None) -> Path:
+                 ctranslate2_quantization: str | None = None, onnx: bool = False) -> Path:
     """Write the Hub-ready folder: model, tokenizer and translation pipeline (with their source), results, card;
-    with `ctranslate2_quantization` ("float32", "int8", ...), also the CTranslate2 export in `ctranslate2/`."""
+    with `ctranslate2_quantization` ("float32", "int8", ...), also the CTranslate2 export in `ctranslate2/`; with
+    `onnx`, also the ONNX export (float32 and int8) in `onnx/`."""
     folder = Path(folder)
     non_finite = [name for name, tensor in model.state_dict().items() if not tensor.isfinite().all()]
     if non_finite:
@@ -109,6 +117,10 @@ def save_for_hub(folder: str | Path, model, tokenizer, results: dict,
         values["ctranslate2_usage"] = CTRANSLATE2_USAGE.format(
             folder=CTRANSLATE2_FOLDER, quantization=ctranslate2_quantization,
             example=values.get("example_source", "Ein Hund läuft über die Wiese."))
+    if onnx:
+        export_onnx(folder, force=True)
+        values.update(onnx=True, decoder_start_token_id=model.config.decoder_start_token_id,
+                      eos_token_id=model.config.eos_token_id)
     (folder / RESULTS_NAME).write_text(json.dumps(values, indent=2))
     try:
         (folder / "README.md").write_text(render_model_card(values))
@@ -132,9 +144,10 @@ def files_to_upload(folder: str | Path) -> tuple[list[str], list[str]]:
         raise ValueError(f"{folder}: {', '.join(linked)} is a symbolic link, and push sends only plain files; copy "
                          f"the folder with its links resolved (`cp -rL {folder} COPY`) and push the copy")
     present = {p.relative_to(folder).as_posix(): p for p in folder.iterdir()}
-    if (folder / CTRANSLATE2_FOLDER).is_dir() and not (folder / CTRANSLATE2_FOLDER).is_symlink():
-        present.pop(CTRANSLATE2_FOLDER)
-        present |= {p.relative_to(folder).as_posix(): p for p in (folder / CTRANSLATE2_FOLDER).iterdir()}
+    for subfolder in (CTRANSLATE2_FOLDER, ONNX_FOLDER):
+        if (folder / subfolder).is_dir() and not (folder / subfolder).is_symlink():
+            present.pop(subfolder)
+            present |= {p.relative_to(folder).as_posix(): p for p in (folder / subfolder).iterdir()}
     files = [name for name in UPLOADED_FILES if name in present and present[name].is_file()
              and not present[name].is_symlink()]
     left_out = sorted(name + ("/" if path.is_dir() else "") for name, path in present.items() if name not in files)

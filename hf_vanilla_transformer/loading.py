@@ -1,7 +1,9 @@
 """Loading a saved model and its tokenizer, with errors that say what is wrong with the folder."""
 
+import hashlib
 from pathlib import Path
 
+import torch
 from safetensors import SafetensorError
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
@@ -23,6 +25,23 @@ def load_model(name_or_path: str | Path, **kwargs):
                       "the two files come from different models") from None
 
 
+def sha256_file(path: Path) -> str:
+    """The SHA-256 of a file's bytes, read a megabyte at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def local_folder(name_or_path: str | Path) -> Path:
+    """The existing folder `name_or_path` names (a backend that reads an export takes no Hub repository id)."""
+    path = Path(name_or_path).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"No model folder at {name_or_path}")
+    return path
+
+
 def model_location(name_or_path: str) -> Path | str:
     """A local folder's path, or else the Hub repository id; a local path that is no saved model raises."""
     path = Path(name_or_path).expanduser()
@@ -34,9 +53,11 @@ def model_location(name_or_path: str) -> Path | str:
     return path if path.exists() else name_or_path
 
 
-def load_model_and_tokenizer(name_or_path: str, device: str = "cpu", **kwargs):
-    """The model (in eval mode, on `device`) and tokenizer of a saved folder or Hub repository, checked to belong
-    together (`check_tokenizer_matches_model`)."""
+def load_model_and_tokenizer(name_or_path: str, device: str | None = None, **kwargs):
+    """The model (in eval mode, on `device`: cuda when available unless given) and tokenizer of a saved folder or
+    Hub repository, checked to belong together (`check_tokenizer_matches_model`): the transformers backend of
+    `translate`."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     location = model_location(name_or_path)
     model = load_model(location, **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)

@@ -22,7 +22,6 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
-from transformers.generation import LogitsProcessorList
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
@@ -38,7 +37,7 @@ from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_vanilla_transformer import VanillaTransformerConfig
-from .decoding import SourceLengthLimit, output_limits, set_paper_decoding
+from .decoding import PaperDecoding, set_paper_decoding
 from .kernels import Dropout, LabelSmoothedCrossEntropy
 
 # transformers 5.24 renamed the key-value cache, argument and output field alike, from `past_key_values` to `cache`.
@@ -606,7 +605,7 @@ class VanillaTransformerModel(VanillaTransformerPreTrainedModel):
         )
 
 
-class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedModel, GenerationMixin):
+class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedModel, PaperDecoding, GenerationMixin):
     """The whole model of Figure 1: encoder-decoder, pre-softmax linear projection, label-smoothed loss.
 
     `generate` defaults to the paper's decoding (§6.1): beam size 4, length penalty 0.6, and at most source
@@ -689,25 +688,6 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
 
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
-
-    def generate(self, inputs: torch.Tensor | None = None, generation_config=None, logits_processor=None, **kwargs):
-        """`GenerationMixin.generate`; with no length limit given, each sentence gets at most its own source length
-        + 50 new tokens (§6.1), so that a sentence translates the same alone and in any batch. Greedy decoding takes
-        the neutral length penalty: §6.1's 0.6 scores beams alone, and transformers warns that it goes unused."""
-        config = generation_config if generation_config is not None else self.generation_config
-        if kwargs.get("num_beams", config.num_beams) == 1 and kwargs.get("length_penalty", config.length_penalty) != 1:
-            kwargs["length_penalty"] = 1.0
-        limits = (kwargs.get("max_length"), kwargs.get("max_new_tokens"), config.max_length, config.max_new_tokens)
-        source = inputs if inputs is not None else kwargs.get("input_ids", kwargs.get("inputs_embeds"))
-        if all(limit is None for limit in limits) and source is not None:
-            mask = kwargs.get("attention_mask")
-            source_lengths = mask.sum(-1) if mask is not None else torch.full(source.shape[:1], source.shape[1])
-            caps = output_limits(source_lengths, self.config.max_position_embeddings)
-            kwargs["max_new_tokens"] = int(caps.max())
-            start_length = kwargs["decoder_input_ids"].shape[1] if "decoder_input_ids" in kwargs else 1
-            limit = SourceLengthLimit(caps, start_length, config.eos_token_id)
-            logits_processor = LogitsProcessorList([*(logits_processor or []), limit])
-        return super().generate(inputs, generation_config, logits_processor=logits_processor, **kwargs)
 
 
 __all__ = [

@@ -3,6 +3,7 @@
     python -m hf_vanilla_transformer.translate --model DIR_OR_REPO_ID "Ein Hund läuft."
     python -m hf_vanilla_transformer.translate --model DIR < sentences.txt > translations.txt
     python -m hf_vanilla_transformer.translate --model CT2_DIR --backend ctranslate2 < sentences.txt
+    python -m hf_vanilla_transformer.translate --model DIR --backend onnx < sentences.txt
 
 One output line per input line: a blank line gives a blank translation.
 """
@@ -10,23 +11,24 @@ One output line per input line: a blank line gives a blank translation.
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 import torch
 
+from . import ctranslate2_backend, onnx_backend
 from .cli import available_device, positive_int
-from .ctranslate2_backend import CTranslate2Model
 from .loading import load_model_and_tokenizer
 from .tokenization import warn_on_unknown_input
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("transformers", "ctranslate2")
+# Each backend loads a folder into a model whose `generate` is the PyTorch model's, and its tokenizer.
+BACKENDS = {"transformers": load_model_and_tokenizer, "ctranslate2": ctranslate2_backend.load,
+            "onnx": onnx_backend.load}
 
 
 def translate(model, tokenizer, sentences: list[str], batch_size: int = 64, **generate_kwargs) -> list[str]:
     """Translate `sentences` with `model.generate` (the model's generation config unless overridden; the model of
-    either backend of `load_translator`), batching sentences of similar length together; the translations come
+    any backend of `load_translator`), batching sentences of similar length together; the translations come
     back in input order.
 
     A blank sentence translates to "". A source longer than the model's `max_position_embeddings` is truncated, and
@@ -55,17 +57,12 @@ def translate(model, tokenizer, sentences: list[str], batch_size: int = 64, **ge
     return translations
 
 
-def load_translator(name_or_path: str, device: str | None = None, backend: str = "transformers", **kwargs):
-    """The model and tokenizer of a saved folder or Hub repository, checked to belong together: with the
-    transformers backend, the model in eval mode on `device`; with `backend="ctranslate2"`, a `CTranslate2Model` of
-    a folder `export_ctranslate2` wrote. Both translate with the same `generate` call."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if backend == "ctranslate2":
-        if not Path(name_or_path).expanduser().is_dir():
-            raise FileNotFoundError(f"No model folder at {name_or_path}")
-        model = CTranslate2Model(Path(name_or_path).expanduser(), device, **kwargs)
-        return model, model.tokenizer
-    return load_model_and_tokenizer(name_or_path, device, **kwargs)
+def load_translator(name_or_path: str, device: str | None = None, backend: str = "transformers", **options):
+    """The model and tokenizer of a saved folder (or, for transformers, a Hub repository), checked to belong
+    together, from one of the `BACKENDS`: transformers (the PyTorch model, in eval mode), ctranslate2 (a folder
+    `ctranslate2_backend` exported) or onnx (a folder with the `onnx/` files `onnx_backend` exported). All
+    translate with the same `generate` call."""
+    return BACKENDS[backend](name_or_path, device, **options)
 
 
 def read_stdin() -> list[str]:
@@ -89,7 +86,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch_size", type=positive_int, default=64)
     parser.add_argument("--device", type=available_device, default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--backend", choices=BACKENDS, default="transformers",
-                        help="ctranslate2: a folder exported by `python -m hf_vanilla_transformer.ctranslate2_backend`")
+                        help="ctranslate2: a folder exported by `python -m hf_vanilla_transformer.ctranslate2_backend`"
+                        "; onnx: a folder with the onnx/ files of `python -m hf_vanilla_transformer.onnx_backend`")
     args = parser.parse_args(argv)
 
     sentences = args.sentences or read_stdin()

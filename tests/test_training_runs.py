@@ -227,8 +227,8 @@ def test_an_earlier_run_is_not_overwritten_by_accident(tmp_path):
 
 def rewrite_checksums(checkpoint):
     """What a file damaged before its checksum was taken looks like: every check but reading it passes."""
+    from hf_vanilla_transformer.loading import sha256_file
     from training.checkpoints import STATE_NAME
-    from training.data import sha256_file
 
     state = json.loads((checkpoint / STATE_NAME).read_text())
     for name in state["files"]:

@@ -20,7 +20,7 @@ from accelerate.utils import load as load_accelerate_file
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from .data import sha256_file
+from hf_vanilla_transformer.loading import sha256_file
 
 try:
     import fcntl

@@ -30,6 +30,8 @@ from datasets.exceptions import DatasetGenerationError, DatasetNotFoundError
 from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerFast
 
+from hf_vanilla_transformer.loading import sha256_file
+
 logger = logging.getLogger(__name__)
 
 # Multi30k task 1: data/multi30k in a checkout, package data beside this file when the package is installed.
@@ -151,15 +153,6 @@ def json_lines(lines: Iterator[tuple[int, str]], path: str) -> Iterator[tuple[in
                 yield number, json.loads(line)
             except json.JSONDecodeError as error:
                 raise DataError(f"{path}, line {number}: not valid JSON ({error.msg})") from None
-
-
-def sha256_file(path: Path) -> str:
-    """The SHA-256 of a file's bytes, read a megabyte at a time."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_file(path: str, source_lang: str, target_lang: str) -> Dataset:

@@ -2,6 +2,7 @@
 
     python -m training.evaluate_bleu --model outputs/multi30k-de-en/model --split test
     python -m training.evaluate_bleu --model outputs/multi30k-de-en/model/ctranslate2 --backend ctranslate2
+    python -m training.evaluate_bleu --model outputs/multi30k-de-en/model --backend onnx
 """
 
 import argparse
@@ -31,7 +32,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", type=available_device, default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--backend", choices=BACKENDS, default="transformers",
                         help="ctranslate2: --model is a folder exported by "
-                        "`hf_vanilla_transformer.ctranslate2_backend`")
+                        "`hf_vanilla_transformer.ctranslate2_backend`; onnx: a folder with the onnx/ files of "
+                        "`hf_vanilla_transformer.onnx_backend`")
     parser.add_argument("--output_file", default=None, help="write the translations here, one a line")
     parser.add_argument("--bleu_style", choices=BLEU_STYLES, default="sacrebleu",
                         help="paper: also the tokenized, compound-split BLEU of the paper's WMT14 tables")

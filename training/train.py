@@ -38,6 +38,8 @@ from hf_vanilla_transformer.ctranslate2_backend import QUANTIZATIONS, check_expo
 from hf_vanilla_transformer.decoding import decoding_options
 from hf_vanilla_transformer.hub import save_for_hub
 from hf_vanilla_transformer.metrics import BLEU_STYLES, corpus_bleu, load_bleu, paper_bleu
+from hf_vanilla_transformer.onnx_backend import check_exportable as check_onnx_exportable
+from hf_vanilla_transformer.onnx_backend import import_onnx_exporter
 
 from . import checkpoints
 from .build import DEFAULT_VOCAB_SIZE, PRESETS, build_model, build_tokenizer
@@ -122,6 +124,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ckpt.add_argument("--export_ctranslate2", nargs="?", const="float32", default=None, choices=QUANTIZATIONS,
                       metavar="QUANTIZATION", help="also export the final model to CTranslate2 in model/ctranslate2 "
                       "(float32 unless a quantization is named: int8, float16, ...); needs the [ctranslate2] extra")
+    ckpt.add_argument("--export_onnx", action="store_true", help="also export the final model to ONNX (float32 "
+                      "and int8) in model/onnx, for ONNX Runtime and transformers.js; needs the [onnx] extra")
     evaluation = parser.add_argument_group("evaluation")
     evaluation.add_argument("--eval_steps", type=positive_int, default=None,
                             help="validate every N steps; default: per epoch")
@@ -284,6 +288,11 @@ def start(args) -> Run:
             import_ctranslate2()  # now, not after training
         except ImportError as error:
             raise RunStopped(f"--export_ctranslate2: {error}") from None
+    if args.export_onnx:
+        try:
+            import_onnx_exporter()  # now, not after training
+        except ImportError as error:
+            raise RunStopped(f"--export_onnx: {error}") from None
     set_seed(args.seed, device_specific=True)
     if accelerator.is_main_process:
         try:
@@ -345,7 +354,7 @@ def load_data(run: Run) -> None:
 
 def build(run: Run) -> None:
     """The model: a new one of `--config_name`, or the saved `--model_name_or_path`; one that `--export_ctranslate2`
-    cannot export is refused now, not after training."""
+    or `--export_onnx` cannot export is refused now, not after training."""
     try:
         run.model = build_model(run.args, run.tokenizer, run.accelerator.device)
     except (OSError, ValueError) as error:
@@ -355,6 +364,11 @@ def build(run: Run) -> None:
             check_exportable(run.model.config)
         except ValueError as error:
             raise RunStopped(f"error: --export_ctranslate2: {error}") from None
+    if run.args.export_onnx:
+        try:
+            check_onnx_exportable(run.model.config)
+        except ValueError as error:
+            raise RunStopped(f"error: --export_onnx: {error}") from None
 
 
 def tokenize_data(run: Run) -> None:
@@ -646,7 +660,7 @@ def save(run: Run, results: dict) -> None:
                         for name, path in figures.items()})
         results.setdefault("attention_plot", "")
         try:
-            save_for_hub(folder, model, run.tokenizer, results, args.export_ctranslate2)
+            save_for_hub(folder, model, run.tokenizer, results, args.export_ctranslate2, args.export_onnx)
         except (ImportError, ValueError) as error:
             raise RunStopped(f"{folder}: {error}") from None
         for path in filter(None, figures.values()):

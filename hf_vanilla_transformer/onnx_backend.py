@@ -1,0 +1,447 @@
+"""ONNX, the format of ONNX Runtime and transformers.js: the export of a saved model, and the backend that runs the
+export with the decoding `generate` gives the model.
+
+    python -m hf_vanilla_transformer.onnx_backend --model DIR [--output_dir OUT]
+    python -m hf_vanilla_transformer.translate --model DIR --backend onnx "Ein Hund läuft."
+
+The export writes the files optimum and transformers.js read for an encoder-decoder model: `onnx/encoder_model.onnx`
+(source ids and mask → the encoder output, §3.1) and `onnx/decoder_model_merged.onnx`, one decoder graph that either
+starts a translation or continues it from the key-value cache: an ONNX `If` on `use_cache_branch` chooses between
+the two graphs `torch.onnx.export` traces, and the weights they share are stored once. Each has an int8 variant
+(`*_quantized.onnx`: ONNX Runtime's dynamic quantization of the matrix products). OUT (the model folder itself
+unless given) also holds the configuration, the tokenizer and the generation config. `onnxruntime` (and, to export,
+`onnx` and `onnxscript`) is an optional extra: `pip install "hf-vanilla-transformer[onnx]"`.
+
+`ONNXModel` runs the files with ONNX Runtime behind transformers' own `generate` (greedy, §6.1's beam search and
+per-sentence limit): the model of the `translate`, `evaluate_bleu` and benchmark commands' `--backend onnx`.
+"""
+
+import argparse
+import hashlib
+import importlib.util
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import GenerationConfig, GenerationMixin, PreTrainedModel, PreTrainedTokenizerFast
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
+
+from .configuration_vanilla_transformer import VanillaTransformerConfig
+from .decoding import EXTRA_OUTPUT_TOKENS, PaperDecoding
+from .loading import load_model_and_tokenizer, local_folder, model_location, sha256_file
+from .modeling_vanilla_transformer import CACHE_NAME
+from .tokenization import check_tokenizer_matches_model
+
+INSTALL_HINT = 'pip install "hf-vanilla-transformer[onnx]" (onnxruntime; onnx and onnxscript to export)'
+FOLDER = "onnx"
+ENCODER, DECODER = "encoder_model", "decoder_model_merged"
+VARIANTS = {"float32": "", "int8": "_quantized"}  # the file name's suffix of each weight type
+OPSET = 18
+WEIGHTS_KEY = "model.safetensors sha256"  # the graphs' metadata: the weights they were exported from
+TRACE_SIZE = 2  # every dynamic dimension is traced at >= 2: the exporter fixes a size-1 dimension to the constant 1
+
+ONNX_FILES = tuple(f"{FOLDER}/{graph}{suffix}.onnx" for graph in (ENCODER, DECODER) for suffix in VARIANTS.values())
+USAGE = """The folder `{folder}/` holds the model in [ONNX](https://onnx.ai), float32 (`{encoder}.onnx`,
+`{decoder}.onnx`) and int8 (`*_quantized.onnx`): the files [ONNX Runtime](https://onnxruntime.ai) and
+transformers.js read. With `hf-vanilla-transformer[onnx]`, `python -m hf_vanilla_transformer.translate --model FOLDER
+--backend onnx` translates with them as `generate` does (§6.1's beam search). With `onnxruntime` and `transformers`
+alone, greedy decoding:
+
+```python
+import numpy as np
+import onnxruntime
+from huggingface_hub import snapshot_download
+from transformers import PreTrainedTokenizerFast
+
+folder = snapshot_download("{repo_id}", allow_patterns=["*.json", "{folder}/{encoder}.onnx", "{folder}/{decoder}.onnx"])
+tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
+encoder = onnxruntime.InferenceSession(f"{{folder}}/{folder}/{encoder}.onnx")
+decoder = onnxruntime.InferenceSession(f"{{folder}}/{folder}/{decoder}.onnx")
+source = tokenizer(["{example}"], return_tensors="np")
+encoder_output = encoder.run(None, dict(source))[0]
+cache = {{i.name: np.zeros([1, i.shape[1], 0, i.shape[3]], np.float32)  # empty before the first step
+         for i in decoder.get_inputs() if i.name.startswith("past_key_values")}}
+tokens = [{start}]
+for step in range(source["input_ids"].shape[1] + {extra_tokens}):  # §6.1: at most source length + {extra_tokens}
+    logits, *present = decoder.run(None, {{"input_ids": np.array([tokens[-1:]]), "use_cache_branch": [step > 0],
+                                          "encoder_hidden_states": encoder_output,
+                                          "encoder_attention_mask": source["attention_mask"], **cache}})
+    cache = dict(zip(cache, present))
+    tokens.append(int(logits[0, -1].argmax()))
+    if tokens[-1] == {eos}:
+        break
+print(tokenizer.decode(tokens, skip_special_tokens=True))
+```
+"""
+
+
+def usage(repo_id: str, example: str, start: int, eos: int) -> str:
+    """The model card's section on the ONNX files."""
+    return USAGE.format(folder=FOLDER, encoder=ENCODER, decoder=DECODER, repo_id=repo_id, example=example,
+                        start=start, eos=eos, extra_tokens=EXTRA_OUTPUT_TOKENS)
+
+
+def import_onnxruntime():
+    """The `onnxruntime` package, or an `ImportError` that says how to install it."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ImportError(INSTALL_HINT) from None
+    return onnxruntime
+
+
+def import_onnx_exporter() -> None:
+    """Check that what the export needs is installed (onnx, onnxscript for `torch.onnx`'s exporter, onnxruntime for
+    the int8 variant), or raise an `ImportError` that says how to install it."""
+    missing = [name for name in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ImportError(f"{', '.join(missing)} not installed. {INSTALL_HINT}")
+
+
+def past_names(config: VanillaTransformerConfig, prefix: str = "past_key_values") -> list[str]:
+    """The cache's flat names, per decoder layer: self-attention key and value, then encoder-decoder attention's."""
+    return [f"{prefix}.{i}.{part}.{kind}" for i in range(config.decoder_layers)
+            for part in ("decoder", "encoder") for kind in ("key", "value")]
+
+
+class EncoderGraph(nn.Module):
+    """The encoder stack (§3.1) as the exported graph sees it: source ids and mask in, the encoder output out."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.encoder = model.get_encoder()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+class DecoderGraph(nn.Module):
+    """The decoder stack and output projection (§3.1, §3.4) over a key-value cache given as plain tensors: empty
+    (`past` not given, the first step, which projects the encoder output into keys and values) or the cache of
+    the previous steps (the encoder's keys and values already projected). Returns the logits and the cache after
+    the new tokens, flat in `past_names` order."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, encoder_attention_mask, encoder_hidden_states, *past: torch.Tensor):
+        cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        for layer in range(len(past) // 4):
+            self_key, self_value, cross_key, cross_value = past[4 * layer : 4 * layer + 4]
+            cache.self_attention_cache.update(self_key, self_value, layer)
+            cache.cross_attention_cache.update(cross_key, cross_value, layer)
+            cache.is_updated[layer] = True
+        outputs = self.model(encoder_outputs=(encoder_hidden_states,), attention_mask=encoder_attention_mask,
+                             decoder_input_ids=input_ids, **{CACHE_NAME: cache}, use_cache=True)
+        present = []
+        for self_layer, cross_layer in zip(cache.self_attention_cache.layers, cache.cross_attention_cache.layers):
+            present += [self_layer.keys, self_layer.values, cross_layer.keys, cross_layer.values]
+        return outputs.logits, *present
+
+
+def trace_onnx(module: nn.Module, args: tuple, names: list[str], output_names: list[str], dynamic: dict):
+    """`module` as an optimized ONNX `ModelProto`, traced by `torch.onnx.export` (the dynamo exporter) with the
+    named dynamic dimensions."""
+    quiet = logging.getLogger("torch.onnx"), logging.getLogger("torch.onnx._internal.exporter._registration")
+    levels = [logger.level for logger in quiet]
+    for logger in quiet:  # the exporter's notes on torchvision operators this model does not use
+        logger.setLevel(logging.ERROR)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            # the exporter's own notes: equal dimensions named once, torch.export internals it still calls
+            warnings.filterwarnings("ignore", message=".*axis name", category=UserWarning)
+            warnings.filterwarnings("ignore", message=".*LeafSpec", category=FutureWarning)
+            program = torch.onnx.export(module.eval(), args, dynamo=True, input_names=names,
+                                        output_names=output_names, dynamic_shapes=dynamic, opset_version=OPSET,
+                                        verbose=False)
+    finally:
+        for logger, level in zip(quiet, levels):
+            logger.setLevel(level)
+    program.optimize()
+    return program.model_proto
+
+
+def merge_decoders(first_step, with_past):
+    """One decoder graph that runs `with_past` where the input `use_cache_branch` is true and `first_step` where it
+    is false (optimum's merged decoder), the two graphs' identical weights stored once in the outer graph."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    shared: dict[str, onnx.TensorProto] = {}  # a tensor's hash (type, shape, content) → the outer initializer
+
+    def branch(model, prefix: str):
+        graph, renamed = model.graph, {}
+        for tensor in graph.initializer:
+            copy = TensorProto()
+            copy.CopyFrom(tensor)
+            copy.name = ""
+            key = hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()
+            if key not in shared:
+                copy.name = prefix + tensor.name
+                shared[key] = copy
+            renamed[tensor.name] = shared[key].name
+        outer = {value.name for value in graph.input}
+
+        def name(value: str) -> str:  # the outer graph's inputs keep their names, the rest get the branch's prefix
+            return value if value in outer or not value else renamed.get(value, prefix + value)
+
+        nodes = []
+        for node in graph.node:
+            copy = onnx.NodeProto()
+            copy.CopyFrom(node)
+            copy.name = prefix + node.name
+            copy.input[:] = [name(value) for value in node.input]
+            copy.output[:] = [name(value) for value in node.output]
+            nodes.append(copy)
+        values = []
+        for value in [*graph.output, *graph.value_info]:
+            copy = onnx.ValueInfoProto()
+            copy.CopyFrom(value)
+            copy.name = name(value.name)
+            values.append(copy)
+        outputs = values[: len(graph.output)]
+        return helper.make_graph(nodes, prefix.rstrip("/"), [], outputs, value_info=values[len(graph.output):])
+
+    with_cache, without = branch(with_past, "with_past/"), branch(first_step, "first_step/")
+    inputs = [*with_past.graph.input, helper.make_tensor_value_info("use_cache_branch", TensorProto.BOOL, [1])]
+    choose = helper.make_node("If", ["use_cache_branch"], [value.name for value in first_step.graph.output],
+                              name="optional_cache", then_branch=with_cache, else_branch=without)
+    graph = helper.make_graph([choose], DECODER, inputs, list(first_step.graph.output),
+                              initializer=list(shared.values()))
+    merged = helper.make_model(graph, opset_imports=first_step.opset_import, ir_version=first_step.ir_version)
+    onnx.checker.check_model(merged)
+    return merged
+
+
+def check_exportable(config: VanillaTransformerConfig) -> None:
+    """Raise a `ValueError` naming the field when the export cannot express the configuration."""
+    if config.max_position_embeddings < TRACE_SIZE + 2:
+        raise ValueError(f"max_position_embeddings={config.max_position_embeddings}: the export traces sequences of "
+                         f"{TRACE_SIZE} tokens after {TRACE_SIZE} cached ones, so it needs at least {TRACE_SIZE + 2}")
+
+
+def export_graphs(model) -> tuple:
+    """The encoder, first-step decoder and with-past decoder of `model` (a
+    `VanillaTransformerForConditionalGeneration`, float32) as ONNX `ModelProto`s."""
+    config = model.config
+    check_exportable(config)
+    batch = {0: "batch_size"}
+    source = {**batch, 1: "encoder_sequence_length"}
+    input_ids = torch.full((TRACE_SIZE, TRACE_SIZE + 1), config.eos_token_id)
+    mask = torch.ones_like(input_ids)
+    encoder = EncoderGraph(model).eval()
+    encoder_graph = trace_onnx(encoder, (input_ids, mask), ["input_ids", "attention_mask"], ["last_hidden_state"],
+                               {"input_ids": source, "attention_mask": source})
+    with torch.no_grad():
+        hidden = encoder(input_ids, mask)
+        decoder_ids = torch.full((TRACE_SIZE, TRACE_SIZE), config.decoder_start_token_id)
+        past = DecoderGraph(model).eval()(decoder_ids, mask, hidden)[1:]
+    names = ["input_ids", "encoder_attention_mask", "encoder_hidden_states"]
+    dynamic = {"input_ids": {**batch, 1: "decoder_sequence_length"}, "encoder_attention_mask": source,
+               "encoder_hidden_states": source}
+    outputs = ["logits", *past_names(config, "present")]
+    first_step = trace_onnx(DecoderGraph(model), (decoder_ids, mask, hidden), names, outputs, dynamic)
+    past_lengths = [{**batch, 2: "past_decoder_sequence_length"}, {**batch, 2: "past_decoder_sequence_length"},
+                    {**batch, 2: "encoder_sequence_length"}, {**batch, 2: "encoder_sequence_length"}]
+    with_past = trace_onnx(DecoderGraph(model), (decoder_ids, mask, hidden, *past), names + past_names(config),
+                           outputs, {**dynamic, "past": tuple(past_lengths * config.decoder_layers)})
+    return encoder_graph, first_step, with_past
+
+
+def quantized(graph):
+    """`graph` with int8 weights: ONNX Runtime's dynamic quantization of its matrix products (activations quantized
+    as they come). Applied to each decoder graph before they are merged, since it leaves an `If`'s branches alone."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    class NoAdvice(logging.Filter):  # its advice to run its pre-processing first, logged at every call
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "pre-processing before quantization" not in record.getMessage()
+
+    advice = NoAdvice()
+    logging.getLogger().addFilter(advice)
+    try:
+        with tempfile.TemporaryDirectory() as work:
+            onnx.save(graph, Path(work) / "float32.onnx")
+            quantize_dynamic(Path(work) / "float32.onnx", Path(work) / "int8.onnx", weight_type=QuantType.QInt8)
+            return onnx.load(Path(work) / "int8.onnx")
+    finally:
+        logging.getLogger().removeFilter(advice)
+
+
+def export_onnx(model_dir: str | Path, output_dir: str | Path | None = None, quantize: bool = True,
+                force: bool = False) -> Path:
+    """Export the saved model in `model_dir` to ONNX in `output_dir/onnx` (`output_dir`: the model folder unless
+    given; a new one also gets the configuration, tokenizer and generation config); with `quantize`, also the int8
+    variants. Existing ONNX files there are replaced only with `force`."""
+    import_onnx_exporter()
+    import onnx
+
+    model, tokenizer = load_model_and_tokenizer(str(model_dir), device="cpu")
+    check_exportable(model.config)
+    output_dir = Path(model_dir if output_dir is None else output_dir)
+    folder = output_dir / FOLDER
+    files = [folder / f"{graph}{VARIANTS[variant]}.onnx" for graph in (ENCODER, DECODER)
+             for variant in (("float32", "int8") if quantize else ("float32",))]
+    existing = [path for path in files if path.exists()]
+    if existing and not force:
+        raise FileExistsError(f"{existing[0]} exists: pass --force to replace the ONNX files")
+    graphs = export_graphs(model.float())
+    variants = {"float32": graphs} | ({"int8": [quantized(graph) for graph in graphs]} if quantize else {})
+    location = model_location(str(model_dir))
+    weights = {WEIGHTS_KEY: sha256_file(location / "model.safetensors")} if isinstance(location, Path) else {}
+    folder.mkdir(parents=True, exist_ok=True)
+    for variant, (encoder, first_step, with_past) in variants.items():
+        for name, graph in ((ENCODER, encoder), (DECODER, merge_decoders(first_step, with_past))):
+            onnx.helper.set_model_props(graph, weights)
+            save_atomically(graph, folder / f"{name}{VARIANTS[variant]}.onnx")
+    if not (output_dir / "config.json").is_file():
+        model.config.save_pretrained(output_dir)
+        model.generation_config.save_pretrained(output_dir)
+        tokenizer.save_pretrained(output_dir)
+    return output_dir
+
+
+def save_atomically(graph, path: Path) -> None:
+    """Save `graph` to a temporary file beside `path`, then rename it: a run cut short leaves no half-written
+    graph."""
+    import onnx
+
+    with tempfile.TemporaryDirectory(dir=path.parent) as work:
+        onnx.save(graph, Path(work) / path.name)
+        os.replace(Path(work) / path.name, path)
+
+
+def load(folder: str | Path, device: str | None = None, variant: str = "float32", threads: int | None = None):
+    """The backend: an `ONNXModel` of the folder's `onnx/` files (`variant` float32 or int8), and its tokenizer.
+    ONNX Runtime runs them on the CPU."""
+    if device not in (None, "cpu"):
+        raise ValueError(f"device {device!r}: the ONNX backend runs on the CPU (ONNX Runtime's CPU provider)")
+    model = ONNXModel(local_folder(folder), variant, threads)
+    return model, model.tokenizer
+
+
+class ONNXEncoder(nn.Module):
+    """The encoder graph as `generate` calls a model's encoder."""
+
+    main_input_name = "input_ids"
+
+    def __init__(self, session):
+        super().__init__()
+        self.session = session
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        hidden = self.session.run(None, {"input_ids": input_ids.numpy(), "attention_mask": mask.long().numpy()})[0]
+        return BaseModelOutput(last_hidden_state=torch.from_numpy(hidden))
+
+
+class ONNXModel(PreTrainedModel, PaperDecoding, GenerationMixin):
+    """A folder `export_onnx` wrote, run by ONNX Runtime, with the call and the decoding of the model's `generate`
+    (transformers' own, with §6.1's per-sentence limit): its forward runs the merged decoder over the key-value
+    cache `generate` keeps, a transformers `EncoderDecoderCache` of the graph's tensors."""
+
+    config_class = VanillaTransformerConfig
+    main_input_name = "input_ids"
+
+    def __init__(self, folder: str | Path, variant: str = "float32", threads: int | None = None):
+        folder = Path(folder)
+        paths = {graph: folder / FOLDER / f"{graph}{VARIANTS[variant]}.onnx" for graph in (ENCODER, DECODER)}
+        missing = [path for path in paths.values() if not path.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{folder} has no {missing[0].relative_to(folder)}: export the model with "
+                                    "`python -m hf_vanilla_transformer.onnx_backend`")
+        super().__init__(VanillaTransformerConfig.from_pretrained(folder))
+        self.generation_config = GenerationConfig.from_pretrained(folder)
+        self.tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
+        check_tokenizer_matches_model(self.tokenizer, self.config)
+        onnxruntime = import_onnxruntime()
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads or default_threads()
+        sessions = {graph: onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+                    for graph, path in paths.items()}
+        exported_from = sessions[ENCODER].get_modelmeta().custom_metadata_map.get(WEIGHTS_KEY)
+        if exported_from and (folder / "model.safetensors").is_file() and (
+                exported_from != sha256_file(folder / "model.safetensors")):
+            raise ValueError(f"{folder / FOLDER} was exported from other weights than {folder / 'model.safetensors'}"
+                             ": export the model again (python -m hf_vanilla_transformer.onnx_backend --force)")
+        self.encoder = ONNXEncoder(sessions[ENCODER])
+        self.decoder_session = sessions[DECODER]
+        self.empty_past = {value.name: value.shape for value in self.decoder_session.get_inputs()
+                           if value.name.startswith("past_key_values")}
+        self.output_names = [value.name for value in self.decoder_session.get_outputs()]
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32
+
+    def get_encoder(self):
+        return self.encoder
+
+    def forward(self, input_ids=None, attention_mask=None, decoder_input_ids=None, encoder_outputs=None,
+                cache: EncoderDecoderCache | None = None, past_key_values: EncoderDecoderCache | None = None,
+                use_cache: bool | None = None, **kwargs) -> Seq2SeqLMOutput:
+        """Logits for `decoder_input_ids` after the tokens `cache` holds (none when it is empty or not given);
+        `cache` (`past_key_values` before transformers 5.24) is extended in place."""
+        cache = cache if cache is not None else past_key_values
+        if encoder_outputs is None:
+            encoder_outputs = self.encoder(input_ids, attention_mask)
+        hidden = encoder_outputs[0]
+        if attention_mask is None:
+            attention_mask = torch.ones(hidden.shape[:2], dtype=torch.long)
+        past_length = cache.get_seq_length() if cache is not None else 0
+        feeds = {"input_ids": decoder_input_ids.numpy(), "encoder_attention_mask": attention_mask.long().numpy(),
+                 "encoder_hidden_states": hidden.numpy(), "use_cache_branch": torch.tensor([past_length > 0]).numpy()}
+        for layer, names in enumerate(zip(*[iter(self.empty_past)] * 4)):
+            if past_length:
+                self_layer = cache.self_attention_cache.layers[layer]
+                cross_layer = cache.cross_attention_cache.layers[layer]
+                tensors = (self_layer.keys, self_layer.values, cross_layer.keys, cross_layer.values)
+            else:
+                tensors = [torch.zeros(len(hidden), self.empty_past[name][1], 0, self.empty_past[name][3])
+                           for name in names]
+            feeds.update((name, tensor.contiguous().numpy()) for name, tensor in zip(names, tensors))
+        logits, *present = (torch.from_numpy(array) for array in self.decoder_session.run(None, feeds))
+        if cache is not None:
+            for layer in range(self.config.decoder_layers):
+                self_key, self_value, cross_key, cross_value = present[4 * layer : 4 * layer + 4]
+                cache.self_attention_cache.update(self_key[:, :, past_length:], self_value[:, :, past_length:],
+                                                  layer)
+                if not past_length:
+                    cache.cross_attention_cache.update(cross_key, cross_value, layer)
+                    cache.is_updated[layer] = True
+        return Seq2SeqLMOutput(logits=logits, **{CACHE_NAME: cache})
+
+
+def default_threads() -> int:
+    """ONNX Runtime's threads per session: 1 (faster than 2 for one sentence on a 2-core machine, see
+    benchmarks/README.md), unless OMP_NUM_THREADS says otherwise."""
+    return int(os.environ.get("OMP_NUM_THREADS", "1"))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="a saved model folder (or Hub repository id)")
+    parser.add_argument("--output_dir", default=None, help="default: --model's folder (the files go to its onnx/)")
+    parser.add_argument("--no_quantize", action="store_true", help="float32 only, without the int8 variants")
+    parser.add_argument("--force", action="store_true", help="replace the ONNX files of an earlier export")
+    args = parser.parse_args(argv)
+    try:
+        folder = export_onnx(args.model, args.output_dir, quantize=not args.no_quantize, force=args.force)
+    except (ImportError, OSError, ValueError, RuntimeError) as error:
+        raise SystemExit(f"error: {error}") from None
+    print(f"Exported {args.model} to {folder / FOLDER} (ONNX, float32{'' if args.no_quantize else ' and int8'})")
+
+
+if __name__ == "__main__":
+    main()

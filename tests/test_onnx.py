@@ -1,0 +1,184 @@
+"""The ONNX export and its ONNX Runtime backend: the graphs' outputs equal the PyTorch model's, cached decoding
+equals a full pass, a padded batch equals sentences alone, `generate` over the sessions gives `generate`'s tokens
+(greedy and beam, every position type), the model card's onnxruntime-only snippet runs without the package, and the
+command lines refuse what they cannot do. Skipped, with the reason, where the [onnx] extra is not installed."""
+
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from conftest import read_multi30k, run_module, run_python, tiny_config
+from test_ctranslate2 import briefly_trained
+from test_ecosystem import RESULTS
+
+from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration, hub
+from hf_vanilla_transformer.onnx_backend import DECODER, ENCODER, FOLDER, ONNX_FILES, export_onnx
+from hf_vanilla_transformer.translate import load_translator, translate
+
+onnxruntime = pytest.importorskip("onnxruntime", reason='ONNX needs pip install "hf-vanilla-transformer[onnx]"')
+onnx = pytest.importorskip("onnx", reason='the ONNX export needs pip install "hf-vanilla-transformer[onnx]"')
+pytest.importorskip("onnxscript", reason='the ONNX export needs pip install "hf-vanilla-transformer[onnx]"')
+
+SOURCES = read_multi30k("val", "de", 24)
+# Every position type, pre-LN, and queries and keys narrower than d_model / h (Table 3, row B)
+VARIANTS = {"pre-LN-learned": {"normalize_before": True, "position_embedding_type": "learned"},
+            "rope": {"position_embedding_type": "rope"},
+            "alibi-key-dim": {"position_embedding_type": "alibi", "attention_key_dim": 12}}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, tokenizer, pairs):
+    """A briefly trained tiny model saved for the Hub with its ONNX export, as training does with --export_onnx."""
+    folder = tmp_path_factory.mktemp("onnx") / "model"
+    model = briefly_trained(tokenizer, pairs)
+    hub.save_for_hub(folder, model, tokenizer, RESULTS, onnx=True)
+    return folder, model
+
+
+def sessions(folder):
+    return [onnxruntime.InferenceSession(str(folder / FOLDER / f"{graph}.onnx")) for graph in (ENCODER, DECODER)]
+
+
+def operators(graph) -> list[str]:
+    """The operator types of `graph` and of the graphs nested in its nodes (the merged decoder's branches)."""
+    nested = [operators(a.g) for node in graph.node for a in node.attribute if a.type == onnx.AttributeProto.GRAPH]
+    return [node.op_type for node in graph.node] + [op for ops in nested for op in ops]
+
+
+def run_decoder(decoder, input_ids, mask, hidden, past=None):
+    """The merged decoder's logits and cache (by the past's input names) for `input_ids` after `past`."""
+    shapes = {i.name: i.shape for i in decoder.get_inputs() if i.name.startswith("past_key_values")}
+    empty = {name: np.zeros([len(input_ids), shape[1], 0, shape[3]], np.float32) for name, shape in shapes.items()}
+    logits, *present = decoder.run(None, {"input_ids": input_ids.numpy(), "encoder_attention_mask": mask.numpy(),
+                                          "encoder_hidden_states": hidden,
+                                          "use_cache_branch": np.array([past is not None]),
+                                          **(past or empty)})
+    return logits, dict(zip(shapes, present))
+
+
+def test_graphs_equal_the_pytorch_model_and_the_cache_equals_a_full_pass(exported, tokenizer):
+    assert_graphs_equal_the_model(*exported, tokenizer)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_every_variant_of_the_architecture_exports_equal(variant, tokenizer, tmp_path):
+    torch.manual_seed(0)
+    model = VanillaTransformerForConditionalGeneration(tiny_config(**VARIANTS[variant])).eval()
+    hub.save_for_hub(tmp_path, model, tokenizer, RESULTS)
+    export_onnx(tmp_path, quantize=False)
+    assert_graphs_equal_the_model(tmp_path, model, tokenizer)
+    onnx_model, _ = load_translator(str(tmp_path), backend="onnx")
+    for num_beams in (1, 3):
+        expected = translate(model, tokenizer, SOURCES[:8], num_beams=num_beams, max_new_tokens=12)
+        assert translate(onnx_model, tokenizer, SOURCES[:8], num_beams=num_beams, max_new_tokens=12) == expected
+
+
+def assert_graphs_equal_the_model(folder, model, tokenizer):
+    """The encoder output and the decoder's logits, in one pass and token by token with the cache, equal the
+    PyTorch model's for a padded batch."""
+    encoder, decoder = sessions(folder)
+    batch = tokenizer(SOURCES[:3], padding=True, return_tensors="pt")
+    assert (batch["attention_mask"] == 0).any()  # padded: the masks reach both graphs
+    targets = tokenizer(text_target=["A dog runs on the grass."] * 3, return_tensors="pt")["input_ids"]
+    decoder_ids = torch.cat([torch.full((3, 1), model.config.decoder_start_token_id), targets[:, :-1]], 1)
+    with torch.no_grad():
+        expected = model(**batch, decoder_input_ids=decoder_ids, use_cache=False)
+    hidden = encoder.run(None, {k: v.numpy() for k, v in batch.items()})[0]
+    np.testing.assert_allclose(hidden, expected.encoder_last_hidden_state.numpy(), atol=1e-4)
+    full, _ = run_decoder(decoder, decoder_ids, batch["attention_mask"], hidden)
+    np.testing.assert_allclose(full, expected.logits.numpy(), atol=1e-4)
+    # token by token with the cache: the same logits as the full pass
+    logits, past = run_decoder(decoder, decoder_ids[:, :1], batch["attention_mask"], hidden)
+    steps = [logits]
+    for t in range(1, decoder_ids.shape[1]):
+        logits, past = run_decoder(decoder, decoder_ids[:, t : t + 1], batch["attention_mask"], hidden, past)
+        steps.append(logits)
+    np.testing.assert_allclose(np.concatenate(steps, 1), expected.logits.numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize("num_beams", [1, 4])
+def test_onnx_backend_translates_as_generate_does(exported, tokenizer, num_beams):
+    folder, model = exported
+    onnx_model, onnx_tokenizer = load_translator(str(folder), backend="onnx")
+    expected = translate(model, tokenizer, SOURCES, num_beams=num_beams)
+    assert translate(onnx_model, onnx_tokenizer, SOURCES, num_beams=num_beams) == expected
+    assert len(set(expected)) > 5  # the model distinguishes its inputs: the comparison is not vacuous
+    alone = [translate(onnx_model, onnx_tokenizer, [s], num_beams=num_beams)[0] for s in SOURCES[:6]]
+    assert alone == expected[:6]  # padding in a batch changes nothing
+
+
+def test_int8_variant_is_smaller_and_translates(exported):
+    folder, _ = exported
+    for graph in (ENCODER, DECODER):
+        quantized = folder / FOLDER / f"{graph}_quantized.onnx"
+        assert quantized.stat().st_size < (folder / FOLDER / f"{graph}.onnx").stat().st_size
+        assert "MatMulInteger" in operators(onnx.load(quantized).graph)  # int8 products, in both decoder branches
+    float32, tokenizer = load_translator(str(folder), backend="onnx")
+    int8, _ = load_translator(str(folder), backend="onnx", variant="int8")
+    expected, translations = (translate(m, tokenizer, SOURCES, num_beams=1) for m in (float32, int8))
+    assert all(translations) and sum(a == b for a, b in zip(expected, translations)) >= len(SOURCES) // 2
+
+
+def test_the_hub_folder_carries_the_export_and_the_card_snippet_runs_without_the_package(exported, tmp_path):
+    folder, model = exported
+    files, left_out = hub.files_to_upload(folder)
+    assert set(ONNX_FILES) <= set(files) and not left_out
+    repo_id = "someone/vanilla-de-en"
+    card = hub.render_model_card({**json.loads((folder / hub.RESULTS_NAME).read_text()), "repo_id": repo_id})
+    snippet = re.search(r"```python\n(import numpy as np\n.*?)```", card, re.S).group(1)
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    cache = tmp_path / "hub" / "models--someone--vanilla-de-en"
+    shutil.copytree(folder, cache / "snapshots" / revision)
+    (cache / "refs").mkdir()
+    (cache / "refs" / "main").write_text(revision)
+    result = run_python(snippet, tmp_path, block_package=True,
+                        env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")})
+    assert result.returncode == 0, result.stderr[-3000:]
+    onnx_model, tokenizer = load_translator(str(folder), backend="onnx")
+    assert result.stdout.strip() == translate(onnx_model, tokenizer, [RESULTS["example_source"]], num_beams=1)[0]
+
+
+def test_each_sentence_keeps_its_own_length_limit_in_a_batch(tmp_path, tokenizer):
+    """A model that never ends a sentence runs into §6.1's limit: each sentence of a batch gets its own source
+    length + 50 tokens (the last an EOS) from the ONNX backend, as from `generate`."""
+    torch.manual_seed(3)
+    model = VanillaTransformerForConditionalGeneration(tiny_config(tie_word_embeddings=False)).eval()
+    with torch.no_grad():
+        model.lm_head.weight[tokenizer.eos_token_id] = 0.0
+    hub.save_for_hub(tmp_path / "model", model, tokenizer, RESULTS)
+    onnx_model, _ = load_translator(str(export_onnx(tmp_path / "model", quantize=False)), backend="onnx")
+    sources = [tokenizer(text)["input_ids"] for text in SOURCES[:4]]
+    assert len({len(ids) for ids in sources}) > 1
+    outputs = onnx_model.generate(**tokenizer.pad({"input_ids": sources}, return_tensors="pt"), num_beams=1)
+    for ids, output in zip(sources, outputs.tolist()):
+        alone = model.generate(input_ids=torch.tensor([ids]), num_beams=1)[0].tolist()
+        assert alone == [t for t in output if t != tokenizer.pad_token_id] and len(alone) == 1 + len(ids) + 50
+
+
+def test_export_and_translate_from_the_command_line(tmp_path, tokenizer):
+    torch.manual_seed(0)
+    hub.save_for_hub(tmp_path / "model", VanillaTransformerForConditionalGeneration(tiny_config()), tokenizer,
+                     RESULTS)
+    out = tmp_path / "exported"
+    export = run_module("hf_vanilla_transformer.onnx_backend", "--model", tmp_path / "model", "--output_dir", out,
+                        "--no_quantize")
+    assert export.returncode == 0, export.stderr[-2000:]
+    assert {"config.json", "generation_config.json", "tokenizer.json", "onnx"} <= {p.name for p in out.iterdir()}
+    assert sorted(p.name for p in (out / FOLDER).iterdir()) == [f"{DECODER}.onnx", f"{ENCODER}.onnx"]
+    translated = run_module("hf_vanilla_transformer.translate", "--model", out, "--backend", "onnx",
+                            stdin="\n".join(SOURCES[:3] + [""]) + "\n")
+    assert translated.returncode == 0, translated.stderr[-2000:]
+    lines = translated.stdout.split("\n")
+    assert len(lines) == 5 and all(lines[:3]) and lines[3] == ""
+
+    again = run_module("hf_vanilla_transformer.onnx_backend", "--model", tmp_path / "model", "--output_dir", out)
+    assert again.returncode == 1 and "exists: pass --force" in again.stderr and "Traceback" not in again.stderr
+    assert sorted(p.name for p in (out / FOLDER).iterdir()) == [f"{DECODER}.onnx", f"{ENCODER}.onnx"]
+    missing = run_module("hf_vanilla_transformer.translate", "--model", tmp_path / "model", "--backend", "onnx",
+                         "Ein Hund.")
+    assert missing.returncode == 1 and "has no onnx/encoder_model.onnx" in missing.stderr
+    with pytest.raises(ValueError, match="runs on the CPU"):
+        load_translator(str(out), "cuda", backend="onnx")
