@@ -15,6 +15,7 @@ also holds the tokenizer, the generation config and a README. `ctranslate2` is a
 import argparse
 import json
 import math
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -205,7 +206,11 @@ class CTranslate2Model:
 
     HF_PATIENCE = 1.5  # gave generate's translations on all 1,000 test_2016_flickr sentences (1: 977, 2: 999)
 
-    def __init__(self, folder: str | Path, device: str = "cpu", compute_type: str = "default", threads: int = 0):
+    def __init__(self, folder: str | Path, device: str = "cpu", compute_type: str = "default",
+                 threads: int | None = None):
+        """`threads`: on the CPU, parts of each batch translated side by side, one thread each (default: one per
+        core). Measured on 2 cores (benchmarks/README.md): one thread per part is 1.4-1.7x one part alone, while
+        two threads for one part, or more threads than cores, are 5-10x slower."""
         folder = Path(folder)
         if not (folder / "model.bin").is_file():
             raise FileNotFoundError(f"{folder} is not a CTranslate2 export (no model.bin): make one with "
@@ -215,8 +220,10 @@ class CTranslate2Model:
         self.tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
         check_tokenizer_matches_model(self.tokenizer, self.config)
         self.device = torch.device("cpu")  # where `generate` takes its input tensors, whatever device translates
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        self.workers = 1 if device != "cpu" else threads or cores
         self.translator = import_ctranslate2().Translator(str(folder), device=device, compute_type=compute_type,
-                                                          intra_threads=threads)
+                                                          intra_threads=1, inter_threads=self.workers)
 
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                  num_beams: int | None = None, length_penalty: float | None = None,
@@ -226,6 +233,7 @@ class CTranslate2Model:
         defaults, tokenizer = self.generation_config, self.tokenizer
         early_stopping = defaults.early_stopping if early_stopping is None else early_stopping
         options = dict(beam_size=num_beams or defaults.num_beams, max_input_length=0,
+                       max_batch_size=math.ceil(len(input_ids) / self.workers),  # a part for each worker
                        length_penalty=defaults.length_penalty if length_penalty is None else length_penalty,
                        patience=1 if early_stopping is True else self.HF_PATIENCE)
         mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)

@@ -351,6 +351,7 @@ class ONNXModel(PreTrainedModel, PaperDecoding, GenerationMixin):
     main_input_name = "input_ids"
 
     def __init__(self, folder: str | Path, variant: str = "float32", threads: int | None = None):
+        """`variant`: float32 or int8; `threads`: ONNX Runtime's threads per graph (default 1)."""
         folder = Path(folder)
         paths = {graph: folder / FOLDER / f"{graph}{VARIANTS[variant]}.onnx" for graph in (ENCODER, DECODER)}
         missing = [path for path in paths.values() if not path.is_file()]
@@ -363,7 +364,7 @@ class ONNXModel(PreTrainedModel, PaperDecoding, GenerationMixin):
         check_tokenizer_matches_model(self.tokenizer, self.config)
         onnxruntime = import_onnxruntime()
         options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads or default_threads()
+        options.intra_op_num_threads = threads or 1  # one beat two on 2 cores: benchmarks/README.md
         sessions = {graph: onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
                     for graph, path in paths.items()}
         exported_from = sessions[ENCODER].get_modelmeta().custom_metadata_map.get(WEIGHTS_KEY)
@@ -421,12 +422,6 @@ class ONNXModel(PreTrainedModel, PaperDecoding, GenerationMixin):
                     cache.cross_attention_cache.update(cross_key, cross_value, layer)
                     cache.is_updated[layer] = True
         return Seq2SeqLMOutput(logits=logits, **{CACHE_NAME: cache})
-
-
-def default_threads() -> int:
-    """ONNX Runtime's threads per session: 1 (faster than 2 for one sentence on a 2-core machine, see
-    benchmarks/README.md), unless OMP_NUM_THREADS says otherwise."""
-    return int(os.environ.get("OMP_NUM_THREADS", "1"))
 
 
 def main(argv: list[str] | None = None) -> None:
