@@ -182,3 +182,27 @@ def test_export_and_translate_from_the_command_line(tmp_path, tokenizer):
     assert missing.returncode == 1 and "has no onnx/encoder_model.onnx" in missing.stderr
     with pytest.raises(ValueError, match="runs on the CPU"):
         load_translator(str(out), "cuda", backend="onnx")
+
+
+def test_onnx_files_of_other_weights_are_refused(exported, tmp_path, tokenizer):
+    """An onnx/ folder left beside weights saved later (a model trained again into the same folder) is stale."""
+    folder, model = exported
+    stale = tmp_path / "model"
+    shutil.copytree(folder, stale)
+    torch.manual_seed(1)
+    VanillaTransformerForConditionalGeneration(model.config).save_pretrained(stale)
+    with pytest.raises(ValueError, match="exported from other weights"):
+        load_translator(str(stale), backend="onnx")
+
+
+def test_training_with_export_onnx_fills_the_hub_folder(tmp_path, tokenizer):
+    from test_training_runs import train
+
+    train(tmp_path, tmp_path / "run", "--max_steps", "2", "--export_onnx")
+    folder = tmp_path / "run" / "model"
+    assert set(ONNX_FILES) <= set(hub.files_to_upload(folder)[0])
+    assert "--backend onnx" in (folder / "README.md").read_text()
+    model, tokenizer = load_translator(str(folder), "cpu")
+    onnx_model, _ = load_translator(str(folder), backend="onnx")
+    expected = translate(model, tokenizer, SOURCES[:4], num_beams=2, max_new_tokens=8)
+    assert translate(onnx_model, tokenizer, SOURCES[:4], num_beams=2, max_new_tokens=8) == expected
