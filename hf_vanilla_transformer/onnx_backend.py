@@ -63,14 +63,15 @@ tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
 encoder = onnxruntime.InferenceSession(f"{{folder}}/{folder}/{encoder}.onnx")
 decoder = onnxruntime.InferenceSession(f"{{folder}}/{folder}/{decoder}.onnx")
 source = tokenizer(["{example}"], return_tensors="np")
-encoder_output = encoder.run(None, dict(source))[0]
+encoder_output = encoder.run(["last_hidden_state"], dict(source))[0]
 cache = {{i.name: np.zeros([1, i.shape[1], 0, i.shape[3]], np.float32)  # empty before the first step
          for i in decoder.get_inputs() if i.name.startswith("past_key_values")}}
 tokens = [{start}]
 for step in range(source["input_ids"].shape[1] + {extra_tokens}):  # §6.1: at most source length + {extra_tokens}
-    logits, *present = decoder.run(None, {{"input_ids": np.array([tokens[-1:]]), "use_cache_branch": [step > 0],
-                                          "encoder_hidden_states": encoder_output,
-                                          "encoder_attention_mask": source["attention_mask"], **cache}})
+    logits, *present = decoder.run(["logits", *(name.replace("past_key_values", "present") for name in cache)],
+                                   {{"input_ids": np.array([tokens[-1:]]), "use_cache_branch": [step > 0],
+                                    "encoder_hidden_states": encoder_output,
+                                    "encoder_attention_mask": source["attention_mask"], **cache}})
     cache = dict(zip(cache, present))
     tokens.append(int(logits[0, -1].argmax()))
     if tokens[-1] == {eos}:
@@ -109,22 +110,32 @@ def past_names(config: VanillaTransformerConfig, prefix: str = "past_key_values"
             for part in ("decoder", "encoder") for kind in ("key", "value")]
 
 
+def attention_names(config: VanillaTransformerConfig, kind: str) -> list[str]:
+    """The graphs' attention-weight outputs, one per layer: `encoder_attentions.{i}` (the encoder's self-attention,
+    (batch, heads, source, source)) or `cross_attentions.{i}` (encoder-decoder attention, (batch, heads, target,
+    source)), which the browser page draws."""
+    layers = config.encoder_layers if kind == "encoder_attentions" else config.decoder_layers
+    return [f"{kind}.{i}" for i in range(layers)]
+
+
 class EncoderGraph(nn.Module):
-    """The encoder stack (§3.1) as the exported graph sees it: source ids and mask in, the encoder output out."""
+    """The encoder stack (§3.1) as the exported graph sees it: source ids and mask in, the encoder output and each
+    layer's attention weights out."""
 
     def __init__(self, model):
         super().__init__()
         self.encoder = model.get_encoder()
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        outputs = self.encoder(input_ids=input_ids, attention_mask=attention_mask, output_attentions=True)
+        return outputs.last_hidden_state, *outputs.attentions
 
 
 class DecoderGraph(nn.Module):
     """The decoder stack and output projection (§3.1, §3.4) over a key-value cache given as plain tensors: empty
     (`past` not given, the first step, which projects the encoder output into keys and values) or the cache of
-    the previous steps (the encoder's keys and values already projected). Returns the logits and the cache after
-    the new tokens, flat in `past_names` order."""
+    the previous steps (the encoder's keys and values already projected). Returns the logits, the cache after
+    the new tokens (flat, in `past_names` order) and each layer's encoder-decoder attention weights."""
 
     def __init__(self, model):
         super().__init__()
@@ -138,11 +149,12 @@ class DecoderGraph(nn.Module):
             cache.cross_attention_cache.update(cross_key, cross_value, layer)
             cache.is_updated[layer] = True
         outputs = self.model(encoder_outputs=(encoder_hidden_states,), attention_mask=encoder_attention_mask,
-                             decoder_input_ids=input_ids, **{CACHE_NAME: cache}, use_cache=True)
+                             decoder_input_ids=input_ids, **{CACHE_NAME: cache}, use_cache=True,
+                             output_attentions=True)
         present = []
         for self_layer, cross_layer in zip(cache.self_attention_cache.layers, cache.cross_attention_cache.layers):
             present += [self_layer.keys, self_layer.values, cross_layer.keys, cross_layer.values]
-        return outputs.logits, *present
+        return outputs.logits, *present, *outputs.cross_attentions
 
 
 def trace_onnx(module: nn.Module, args: tuple, names: list[str], output_names: list[str], dynamic: dict):
@@ -236,16 +248,17 @@ def export_graphs(model) -> tuple:
     input_ids = torch.full((TRACE_SIZE, TRACE_SIZE + 1), config.eos_token_id)
     mask = torch.ones_like(input_ids)
     encoder = EncoderGraph(model).eval()
-    encoder_graph = trace_onnx(encoder, (input_ids, mask), ["input_ids", "attention_mask"], ["last_hidden_state"],
+    encoder_graph = trace_onnx(encoder, (input_ids, mask), ["input_ids", "attention_mask"],
+                               ["last_hidden_state", *attention_names(config, "encoder_attentions")],
                                {"input_ids": source, "attention_mask": source})
     with torch.no_grad():
-        hidden = encoder(input_ids, mask)
+        hidden = encoder(input_ids, mask)[0]
         decoder_ids = torch.full((TRACE_SIZE, TRACE_SIZE), config.decoder_start_token_id)
-        past = DecoderGraph(model).eval()(decoder_ids, mask, hidden)[1:]
+        past = DecoderGraph(model).eval()(decoder_ids, mask, hidden)[1 : 1 + 4 * config.decoder_layers]
     names = ["input_ids", "encoder_attention_mask", "encoder_hidden_states"]
     dynamic = {"input_ids": {**batch, 1: "decoder_sequence_length"}, "encoder_attention_mask": source,
                "encoder_hidden_states": source}
-    outputs = ["logits", *past_names(config, "present")]
+    outputs = ["logits", *past_names(config, "present"), *attention_names(config, "cross_attentions")]
     first_step = trace_onnx(DecoderGraph(model), (decoder_ids, mask, hidden), names, outputs, dynamic)
     past_lengths = [{**batch, 2: "past_decoder_sequence_length"}, {**batch, 2: "past_decoder_sequence_length"},
                     {**batch, 2: "encoder_sequence_length"}, {**batch, 2: "encoder_sequence_length"}]
@@ -285,6 +298,7 @@ def export_onnx(model_dir: str | Path, output_dir: str | Path | None = None, qua
 
     model, tokenizer = load_model_and_tokenizer(str(model_dir), device="cpu")
     check_exportable(model.config)
+    model.set_attn_implementation("eager")  # the attention weights are among the graphs' outputs
     output_dir = Path(model_dir if output_dir is None else output_dir)
     folder = output_dir / FOLDER
     files = [folder / f"{graph}{VARIANTS[variant]}.onnx" for graph in (ENCODER, DECODER)
@@ -338,7 +352,8 @@ class ONNXEncoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-        hidden = self.session.run(None, {"input_ids": input_ids.numpy(), "attention_mask": mask.long().numpy()})[0]
+        hidden = self.session.run(["last_hidden_state"], {"input_ids": input_ids.numpy(),
+                                                          "attention_mask": mask.long().numpy()})[0]
         return BaseModelOutput(last_hidden_state=torch.from_numpy(hidden))
 
 
@@ -376,7 +391,7 @@ class ONNXModel(PreTrainedModel, PaperDecoding, GenerationMixin):
         self.decoder_session = sessions[DECODER]
         self.empty_past = {value.name: value.shape for value in self.decoder_session.get_inputs()
                            if value.name.startswith("past_key_values")}
-        self.output_names = [value.name for value in self.decoder_session.get_outputs()]
+        self.output_names = ["logits", *past_names(self.config, "present")]  # not the attention weights
 
     @property
     def device(self) -> torch.device:
@@ -412,7 +427,7 @@ class ONNXModel(PreTrainedModel, PaperDecoding, GenerationMixin):
                 tensors = [torch.zeros(len(hidden), self.empty_past[name][1], 0, self.empty_past[name][3])
                            for name in names]
             feeds.update((name, tensor.contiguous().numpy()) for name, tensor in zip(names, tensors))
-        logits, *present = (torch.from_numpy(array) for array in self.decoder_session.run(None, feeds))
+        logits, *present = (torch.from_numpy(array) for array in self.decoder_session.run(self.output_names, feeds))
         if cache is not None:
             for layer in range(self.config.decoder_layers):
                 self_key, self_value, cross_key, cross_value = present[4 * layer : 4 * layer + 4]

@@ -49,14 +49,15 @@ def operators(graph) -> list[str]:
 
 
 def run_decoder(decoder, input_ids, mask, hidden, past=None):
-    """The merged decoder's logits and cache (by the past's input names) for `input_ids` after `past`."""
+    """The merged decoder's logits, cache (by the past's input names) and cross-attention weights for `input_ids`
+    after `past`."""
     shapes = {i.name: i.shape for i in decoder.get_inputs() if i.name.startswith("past_key_values")}
     empty = {name: np.zeros([len(input_ids), shape[1], 0, shape[3]], np.float32) for name, shape in shapes.items()}
     logits, *present = decoder.run(None, {"input_ids": input_ids.numpy(), "encoder_attention_mask": mask.numpy(),
                                           "encoder_hidden_states": hidden,
                                           "use_cache_branch": np.array([past is not None]),
                                           **(past or empty)})
-    return logits, dict(zip(shapes, present))
+    return logits, dict(zip(shapes, present)), present[len(shapes):]
 
 
 def test_graphs_equal_the_pytorch_model_and_the_cache_equals_a_full_pass(exported, tokenizer):
@@ -86,15 +87,20 @@ def assert_graphs_equal_the_model(folder, model, tokenizer):
     decoder_ids = torch.cat([torch.full((3, 1), model.config.decoder_start_token_id), targets[:, :-1]], 1)
     with torch.no_grad():
         expected = model(**batch, decoder_input_ids=decoder_ids, use_cache=False)
-    hidden = encoder.run(None, {k: v.numpy() for k, v in batch.items()})[0]
+    with torch.no_grad():
+        attentions = model(**batch, decoder_input_ids=decoder_ids, use_cache=False, output_attentions=True)
+    hidden, *encoder_attentions = encoder.run(None, {k: v.numpy() for k, v in batch.items()})
     np.testing.assert_allclose(hidden, expected.encoder_last_hidden_state.numpy(), atol=1e-4)
-    full, _ = run_decoder(decoder, decoder_ids, batch["attention_mask"], hidden)
+    full, _, cross_attentions = run_decoder(decoder, decoder_ids, batch["attention_mask"], hidden)
     np.testing.assert_allclose(full, expected.logits.numpy(), atol=1e-4)
+    for exported, weights in [*zip(encoder_attentions, attentions.encoder_attentions),
+                              *zip(cross_attentions, attentions.cross_attentions)]:  # what the browser page draws
+        np.testing.assert_allclose(exported, weights.numpy(), atol=1e-5)
     # token by token with the cache: the same logits as the full pass
-    logits, past = run_decoder(decoder, decoder_ids[:, :1], batch["attention_mask"], hidden)
+    logits, past, _ = run_decoder(decoder, decoder_ids[:, :1], batch["attention_mask"], hidden)
     steps = [logits]
     for t in range(1, decoder_ids.shape[1]):
-        logits, past = run_decoder(decoder, decoder_ids[:, t : t + 1], batch["attention_mask"], hidden, past)
+        logits, past, _ = run_decoder(decoder, decoder_ids[:, t : t + 1], batch["attention_mask"], hidden, past)
         steps.append(logits)
     np.testing.assert_allclose(np.concatenate(steps, 1), expected.logits.numpy(), atol=1e-4)
 
