@@ -306,11 +306,11 @@ def export_onnx(model_dir: str | Path, output_dir: str | Path | None = None, qua
     existing = [path for path in files if path.exists()]
     if existing and not force:
         raise FileExistsError(f"{existing[0]} exists: pass --force to replace the ONNX files")
+    folder.mkdir(parents=True, exist_ok=True)  # before the minutes of tracing: an unusable folder stops it now
     graphs = export_graphs(model.float())
     variants = {"float32": graphs} | ({"int8": [quantized(graph) for graph in graphs]} if quantize else {})
     location = model_location(str(model_dir))
     weights = {WEIGHTS_KEY: sha256_file(location / "model.safetensors")} if isinstance(location, Path) else {}
-    folder.mkdir(parents=True, exist_ok=True)
     for variant, (encoder, first_step, with_past) in variants.items():
         for name, graph in ((ENCODER, encoder), (DECODER, merge_decoders(first_step, with_past))):
             onnx.helper.set_model_props(graph, weights)
@@ -341,6 +341,16 @@ def load(folder: str | Path, device: str | None = None, variant: str = "float32"
     return model, model.tokenizer
 
 
+def open_session(onnxruntime, path: Path, options):
+    """An ONNX Runtime session of the graph at `path` on the CPU; a damaged file raises an `OSError` that says so."""
+    errors = onnxruntime.capi.onnxruntime_pybind11_state
+    try:
+        return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except (errors.InvalidProtobuf, errors.InvalidGraph, errors.Fail) as error:
+        raise OSError(f"{path} is damaged or cut short ({str(error).splitlines()[0][:200]}): export the model "
+                      "again") from None
+
+
 class ONNXEncoder(nn.Module):
     """The encoder graph as `generate` calls a model's encoder."""
 
@@ -368,6 +378,8 @@ class ONNXModel(PreTrainedModel, PaperDecoding, GenerationMixin):
     def __init__(self, folder: str | Path, variant: str = "float32", threads: int | None = None):
         """`variant`: float32 or int8; `threads`: ONNX Runtime's threads per graph (default 1)."""
         folder = Path(folder)
+        if variant not in VARIANTS:
+            raise ValueError(f"variant {variant!r}: the export has {' and '.join(VARIANTS)}")
         paths = {graph: folder / FOLDER / f"{graph}{VARIANTS[variant]}.onnx" for graph in (ENCODER, DECODER)}
         missing = [path for path in paths.values() if not path.is_file()]
         if missing:
@@ -380,8 +392,7 @@ class ONNXModel(PreTrainedModel, PaperDecoding, GenerationMixin):
         onnxruntime = import_onnxruntime()
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads or 1  # one beat two on 2 cores: benchmarks/README.md
-        sessions = {graph: onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-                    for graph, path in paths.items()}
+        sessions = {graph: open_session(onnxruntime, path, options) for graph, path in paths.items()}
         exported_from = sessions[ENCODER].get_modelmeta().custom_metadata_map.get(WEIGHTS_KEY)
         if exported_from and (folder / "model.safetensors").is_file() and (
                 exported_from != sha256_file(folder / "model.safetensors")):
@@ -392,6 +403,9 @@ class ONNXModel(PreTrainedModel, PaperDecoding, GenerationMixin):
         self.empty_past = {value.name: value.shape for value in self.decoder_session.get_inputs()
                            if value.name.startswith("past_key_values")}
         self.output_names = ["logits", *past_names(self.config, "present")]  # not the attention weights
+        if list(self.empty_past) != past_names(self.config):
+            raise ValueError(f"{paths[DECODER]} holds a cache of {len(self.empty_past) // 4} decoder layers and "
+                             f"config.json says {self.config.decoder_layers}: they come from different models")
 
     @property
     def device(self) -> torch.device:

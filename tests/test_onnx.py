@@ -212,3 +212,21 @@ def test_training_with_export_onnx_fills_the_hub_folder(tmp_path, tokenizer):
     onnx_model, _ = load_translator(str(folder), backend="onnx")
     expected = translate(model, tokenizer, SOURCES[:4], num_beams=2, max_new_tokens=8)
     assert translate(onnx_model, tokenizer, SOURCES[:4], num_beams=2, max_new_tokens=8) == expected
+
+
+def test_damaged_or_mismatched_files_are_named(exported, tmp_path):
+    folder, _ = exported
+    cut = tmp_path / "cut"
+    shutil.copytree(folder, cut)
+    graph = cut / FOLDER / f"{DECODER}.onnx"
+    graph.write_bytes(graph.read_bytes()[:100_000])
+    with pytest.raises(OSError, match=f"{graph} is damaged or cut short"):
+        load_translator(str(cut), backend="onnx")
+    with pytest.raises(ValueError, match="variant 'int4': the export has float32 and int8"):
+        load_translator(str(folder), backend="onnx", variant="int4")
+    other = tmp_path / "other"
+    shutil.copytree(folder, other)
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "decoder_layers": config["decoder_layers"] + 1}))
+    with pytest.raises(ValueError, match="config.json says 3: they come from different models"):
+        load_translator(str(other), backend="onnx")

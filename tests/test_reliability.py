@@ -195,6 +195,15 @@ def test_a_bad_line_in_a_training_file_stops_the_run_with_one_line(tmp_path):
     assert_one_clear_line(result, f"{bad}, line 2: not UTF-8")
 
 
+def test_a_run_stopped_at_the_start_records_what_it_wrote(tmp_path):
+    """A run refused after it saved its tokenizer (an invalid model configuration) leaves those files on the
+    record: the next run with --overwrite_output_dir replaces them instead of calling them a user's files."""
+    stopped = train(tmp_path, tmp_path / "run", "--max_steps", "1", "--config_overrides", "d_model=-3", check=False)
+    assert_one_clear_line(stopped, "`d_model` must be a positive integer, got -3")
+    assert (tmp_path / "run" / "tokenizer" / "tokenizer.json").is_file()
+    train(tmp_path, tmp_path / "run", "--max_steps", "1", "--eval_bleu_samples", "0", "--overwrite_output_dir")
+
+
 def test_a_model_ctranslate2_cannot_express_is_refused_before_training(tmp_path):
     pytest.importorskip("ctranslate2")
     result = train(tmp_path, tmp_path / "run", "--max_steps", "2", "--export_ctranslate2", "--config_overrides",

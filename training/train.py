@@ -10,6 +10,7 @@ Hub-ready folder with the averaged final weights, the tokenizer, the model card 
 
 
 import argparse
+import contextlib
 import errno
 import importlib.util
 import logging
@@ -235,7 +236,9 @@ def main(argv=None) -> dict:
         train(run)
         results = evaluate(run)
         save(run, results)
-    finally:  # the folder is free again for the next run, in this process too (a notebook, a test)
+    finally:  # what it wrote is on the record, and the folder free again for the next run (a notebook, a test)
+        with contextlib.suppress(OSError):  # a full disk must not hide what stopped the run
+            record_outputs(run)
         run.release()
     return results
 
