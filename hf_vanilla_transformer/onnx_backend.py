@@ -296,6 +296,9 @@ def export_onnx(model_dir: str | Path, output_dir: str | Path | None = None, qua
     import_onnx_exporter()
     import onnx
 
+    location = model_location(str(model_dir))
+    if output_dir is None and not isinstance(location, Path):
+        raise ValueError(f"{model_dir} is a Hub repository: give the folder to export to (--output_dir)")
     model, tokenizer = load_model_and_tokenizer(str(model_dir), device="cpu")
     check_exportable(model.config)
     model.set_attn_implementation("eager")  # the attention weights are among the graphs' outputs
@@ -309,7 +312,6 @@ def export_onnx(model_dir: str | Path, output_dir: str | Path | None = None, qua
     folder.mkdir(parents=True, exist_ok=True)  # before the minutes of tracing: an unusable folder stops it now
     graphs = export_graphs(model.float())
     variants = {"float32": graphs} | ({"int8": [quantized(graph) for graph in graphs]} if quantize else {})
-    location = model_location(str(model_dir))
     weights = {WEIGHTS_KEY: sha256_file(location / "model.safetensors")} if isinstance(location, Path) else {}
     for variant, (encoder, first_step, with_past) in variants.items():
         for name, graph in ((ENCODER, encoder), (DECODER, merge_decoders(first_step, with_past))):

@@ -188,6 +188,8 @@ def test_export_and_translate_from_the_command_line(tmp_path, tokenizer):
     assert missing.returncode == 1 and "has no onnx/encoder_model.onnx" in missing.stderr
     with pytest.raises(ValueError, match="runs on the CPU"):
         load_translator(str(out), "cuda", backend="onnx")
+    with pytest.raises(ValueError, match="someone/model is a Hub repository: give the folder to export to"):
+        export_onnx("someone/model")  # not into ./someone/model
 
 
 def test_onnx_files_of_other_weights_are_refused(exported, tmp_path, tokenizer):
