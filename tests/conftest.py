@@ -73,6 +73,38 @@ def tiny_config(**overrides) -> VanillaTransformerConfig:
     return VanillaTransformerConfig.tiny(**{"vocab_size": 600, **overrides})
 
 
+def briefly_trained(tokenizer, pairs, **overrides):
+    """A tiny model trained for a few dozen steps: it ends sentences and ranks hypotheses, though not well."""
+    torch.manual_seed(0)
+    model = VanillaTransformerForConditionalGeneration(tiny_config(src_lang="de", tgt_lang="en", **overrides))
+    batch = tokenizer([p[0] for p in pairs[:64]], text_target=[p[1] for p in pairs[:64]], padding=True,
+                      return_tensors="pt")
+    batch["labels"][batch["labels"] == tokenizer.pad_token_id] = -100
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3, betas=(0.9, 0.98), eps=1e-9)
+    for _ in range(200):
+        model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return model.eval()
+
+
+def assert_each_sentence_keeps_its_own_limit(tokenizer, to_backend) -> None:
+    """A model that never ends a sentence (its EOS output weights are zero) runs into §6.1's limit: each sentence
+    of a batch gets its own source length + 50 tokens (the last an EOS) from `to_backend(model)` (another backend's
+    model of it), in one batch, as from the model's `generate` alone."""
+    torch.manual_seed(3)
+    model = VanillaTransformerForConditionalGeneration(tiny_config(tie_word_embeddings=False)).eval()
+    with torch.no_grad():
+        model.lm_head.weight[tokenizer.eos_token_id] = 0.0
+    backend = to_backend(model)
+    sources = [tokenizer(text)["input_ids"] for text in read_multi30k("val", "de", 4)]
+    assert len({len(ids) for ids in sources}) > 1
+    outputs = backend.generate(**tokenizer.pad({"input_ids": sources}, return_tensors="pt"), num_beams=1)
+    for ids, output in zip(sources, outputs.tolist()):
+        alone = model.generate(input_ids=torch.tensor([ids]), num_beams=1)[0].tolist()
+        assert alone == [t for t in output if t != tokenizer.pad_token_id] and len(alone) == 1 + len(ids) + 50
+
+
 @pytest.fixture
 def model() -> VanillaTransformerForConditionalGeneration:
     torch.manual_seed(0)

@@ -4,8 +4,7 @@ positions); clear errors for what it cannot express; the CLI round trip. Skipped
 
 
 import pytest
-import torch
-from conftest import read_multi30k, run_module, tiny_config
+from conftest import assert_each_sentence_keeps_its_own_limit, briefly_trained, read_multi30k, run_module, tiny_config
 from test_ecosystem import RESULTS
 
 from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration, hub
@@ -16,21 +15,6 @@ pytest.importorskip("ctranslate2",
                     reason='the CTranslate2 export needs pip install "hf-vanilla-transformer[ctranslate2]"')
 
 SOURCES = read_multi30k("val", "de", 24)
-
-
-def briefly_trained(tokenizer, pairs, **overrides):
-    """A tiny model trained for a few dozen steps: it ends sentences and ranks hypotheses, though not well."""
-    torch.manual_seed(0)
-    model = VanillaTransformerForConditionalGeneration(tiny_config(src_lang="de", tgt_lang="en", **overrides))
-    batch = tokenizer([p[0] for p in pairs[:64]], text_target=[p[1] for p in pairs[:64]], padding=True,
-                      return_tensors="pt")
-    batch["labels"][batch["labels"] == tokenizer.pad_token_id] = -100
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3, betas=(0.9, 0.98), eps=1e-9)
-    for _ in range(200):
-        model(**batch).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    return model.eval()
 
 
 @pytest.fixture(scope="module", params=[{}, {"normalize_before": True, "position_embedding_type": "learned"}],
@@ -92,17 +76,8 @@ def test_export_and_translate_from_the_command_line(exported, tmp_path):
 
 
 def test_each_sentence_keeps_its_own_length_limit_in_a_batch(tmp_path, tokenizer):
-    """A model that never ends a sentence (its EOS output weights are zero) runs into §6.1's limit: each sentence
-    gets its own source length + 50 tokens (the last EOS) from both backends, in one batch."""
-    torch.manual_seed(3)
-    model = VanillaTransformerForConditionalGeneration(tiny_config(tie_word_embeddings=False)).eval()
-    with torch.no_grad():
-        model.lm_head.weight[tokenizer.eos_token_id] = 0.0
-    hub.save_for_hub(tmp_path / "model", model, tokenizer, RESULTS)
-    ct2_model, _ = load_translator(str(export_ctranslate2(tmp_path / "model", tmp_path / "ct2")), "cpu", "ctranslate2")
-    sources = [tokenizer(text)["input_ids"] for text in SOURCES[:4]]
-    assert len({len(ids) for ids in sources}) > 1
-    outputs = ct2_model.generate(**tokenizer.pad({"input_ids": sources}, return_tensors="pt"), num_beams=1)
-    for ids, output in zip(sources, outputs.tolist()):
-        alone = model.generate(input_ids=torch.tensor([ids]), num_beams=1)[0].tolist()
-        assert alone == [t for t in output if t != tokenizer.pad_token_id] and len(alone) == 1 + len(ids) + 50
+    def exported(model):
+        hub.save_for_hub(tmp_path / "model", model, tokenizer, RESULTS)
+        return load_translator(str(export_ctranslate2(tmp_path / "model", tmp_path / "ct2")), "cpu", "ctranslate2")[0]
+
+    assert_each_sentence_keeps_its_own_limit(tokenizer, exported)

@@ -10,8 +10,14 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import read_multi30k, run_module, run_python, tiny_config
-from test_ctranslate2 import briefly_trained
+from conftest import (
+    assert_each_sentence_keeps_its_own_limit,
+    briefly_trained,
+    read_multi30k,
+    run_module,
+    run_python,
+    tiny_config,
+)
 from test_ecosystem import RESULTS
 
 from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration, hub
@@ -148,20 +154,11 @@ def test_the_hub_folder_carries_the_export_and_the_card_snippet_runs_without_the
 
 
 def test_each_sentence_keeps_its_own_length_limit_in_a_batch(tmp_path, tokenizer):
-    """A model that never ends a sentence runs into §6.1's limit: each sentence of a batch gets its own source
-    length + 50 tokens (the last an EOS) from the ONNX backend, as from `generate`."""
-    torch.manual_seed(3)
-    model = VanillaTransformerForConditionalGeneration(tiny_config(tie_word_embeddings=False)).eval()
-    with torch.no_grad():
-        model.lm_head.weight[tokenizer.eos_token_id] = 0.0
-    hub.save_for_hub(tmp_path / "model", model, tokenizer, RESULTS)
-    onnx_model, _ = load_translator(str(export_onnx(tmp_path / "model", quantize=False)), backend="onnx")
-    sources = [tokenizer(text)["input_ids"] for text in SOURCES[:4]]
-    assert len({len(ids) for ids in sources}) > 1
-    outputs = onnx_model.generate(**tokenizer.pad({"input_ids": sources}, return_tensors="pt"), num_beams=1)
-    for ids, output in zip(sources, outputs.tolist()):
-        alone = model.generate(input_ids=torch.tensor([ids]), num_beams=1)[0].tolist()
-        assert alone == [t for t in output if t != tokenizer.pad_token_id] and len(alone) == 1 + len(ids) + 50
+    def exported(model):
+        hub.save_for_hub(tmp_path / "model", model, tokenizer, RESULTS)
+        return load_translator(str(export_onnx(tmp_path / "model", quantize=False)), backend="onnx")[0]
+
+    assert_each_sentence_keeps_its_own_limit(tokenizer, exported)
 
 
 def test_export_and_translate_from_the_command_line(tmp_path, tokenizer):

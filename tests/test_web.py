@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import read_multi30k
-from test_ctranslate2 import briefly_trained
+from conftest import briefly_trained, read_multi30k
 from test_ecosystem import RESULTS
 
 from hf_vanilla_transformer import hub
