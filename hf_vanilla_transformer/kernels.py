@@ -2,8 +2,8 @@
 
 `LabelSmoothedCrossEntropy` is §5.4's label-smoothed loss, `F.cross_entropy(..., label_smoothing=ε,
 reduction="sum")`, computed block by block with its own backward pass; `Dropout` is §5.4's dropout with its CPU
-mask drawn as uniform noise. Tests hold each equal to the plain operator; what each saves is measured in
-`benchmarks/README.md`. This file imports only torch, so that a saved model folder carries it as remote code.
+mask drawn from 16 random bits per element. Tests hold each equal to the plain operator; what each saves is measured
+in `benchmarks/README.md`. This file imports only torch, so that a saved model folder carries it as remote code.
 """
 
 import torch
@@ -56,10 +56,12 @@ class LabelSmoothedCrossEntropy(torch.autograd.Function):
 
 class Dropout(nn.Dropout):
     """§5.4: each element is zeroed with probability P_drop and the others scaled by 1 / (1 - P_drop), in training
-    only. On a CPU the mask is uniform noise ≥ P_drop, the same distribution as `torch.nn.Dropout`'s Bernoulli draw
-    from another random stream; elsewhere it is `torch.nn.Dropout`."""
+    only. On a CPU the mask compares 16 random bits per element with a threshold, four elements to each 64-bit draw
+    of torch's generator (P_drop held to a multiple of 2⁻¹⁶: 0.1 is 0.100006); elsewhere it is `torch.nn.Dropout`."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0 or x.device.type != "cpu":
             return super().forward(x)
-        return x * (torch.rand_like(x, dtype=torch.float32) >= self.p) * (1.0 / (1.0 - self.p))
+        bits = torch.empty((x.numel() + 3) // 4, dtype=torch.int64).random_(-(2**63), None).view(torch.int16)
+        keep = bits[: x.numel()].view(x.shape) >= round(self.p * 2**16) - 2**15  # P(bits ≥ it) = 1 - P_drop
+        return x * keep * (1.0 / (1.0 - self.p))
