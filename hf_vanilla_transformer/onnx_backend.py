@@ -67,7 +67,7 @@ encoder_output = encoder.run(["last_hidden_state"], dict(source))[0]
 cache = {{i.name: np.zeros([1, i.shape[1], 0, i.shape[3]], np.float32)  # empty before the first step
          for i in decoder.get_inputs() if i.name.startswith("past_key_values")}}
 tokens = [{start}]
-for step in range(source["input_ids"].shape[1] + {extra_tokens}):  # §6.1: at most source length + {extra_tokens}
+for step in range(source["input_ids"].shape[1] + {extra_tokens} - 1):  # §6.1: source length + {extra_tokens}, EOS last
     logits, *present = decoder.run(["logits", *(name.replace("past_key_values", "present") for name in cache)],
                                    {{"input_ids": np.array([tokens[-1:]]), "use_cache_branch": [step > 0],
                                     "encoder_hidden_states": encoder_output,
