@@ -129,6 +129,12 @@ class VanillaTransformerConfig(PreTrainedConfig):
         return cls(**{**size, **overrides})
 
     @classmethod
+    def medium(cls, **overrides) -> "VanillaTransformerConfig":
+        """`small` twice as wide (d_model=256, d_ff=1024, about 7M parameters): the main job's model where bf16
+        matrix products run on AMX tiles, which train it at 0.6 times `small`'s tokens per second."""
+        return cls.small(**{**dict(d_model=256, encoder_ffn_dim=1024, decoder_ffn_dim=1024), **overrides})
+
+    @classmethod
     def tiny(cls, **overrides) -> "VanillaTransformerConfig":
         """A model for tests and smoke runs: 2+2 layers of width 32."""
         size = dict(d_model=32, encoder_ffn_dim=64, decoder_ffn_dim=64, encoder_layers=2, decoder_layers=2)

@@ -7,6 +7,7 @@ import sys
 import zipfile
 
 import pytest
+import torch
 from conftest import ROOT
 from test_training_runs import TINY_RUN
 
@@ -36,6 +37,22 @@ def test_the_phases_of_a_run_share_one_state_and_each_runs_in_process(tmp_path):
     assert (results["num_beams"], results["length_penalty"]) == (2, 0.6)  # --num_beams 2; the model's penalty
     train.save(run, results)
     assert (run.output / "model" / "model.safetensors").is_file() and (run.output / "model" / "README.md").is_file()
+
+
+@pytest.mark.parametrize("native, amx, model, epochs", [("bf16", True, "medium", 8), ("bf16", False, "small", 10),
+                                                      ("no", False, "small", 10)])
+def test_the_main_job_trains_medium_only_where_bf16_runs_on_amx(tmp_path, monkeypatch, native, amx, model, epochs):
+    """`--config_name` and `--num_train_epochs` unset: the main job's model and its epochs for this hardware;
+    either flag given is kept as given, and a saved model is continued as it is."""
+    monkeypatch.setattr(train, "native_mixed_precision", lambda: native)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    resolved = []
+    for flags in ([], ["--config_name", "small"], ["--num_train_epochs", "3"], ["--model_name_or_path", "saved"]):
+        args = train.parse_args(["--output_dir", str(tmp_path / str(len(resolved))), "--no-with_tracking", *flags])
+        train.start(args).release()
+        resolved.append((args.config_name, args.num_train_epochs))
+    assert resolved == [(model, epochs), ("small", 10), (model, 3), (None, 10)]
 
 
 @pytest.mark.parametrize("native", ["no", "bf16"])

@@ -25,7 +25,8 @@ from hf_vanilla_transformer.loading import load_model
 
 DEFAULT_VOCAB_SIZE = 6000
 PRESETS = {"tiny": VanillaTransformerConfig.tiny, "small": VanillaTransformerConfig.small,
-           "base": VanillaTransformerConfig.base, "big": VanillaTransformerConfig.big}
+           "medium": VanillaTransformerConfig.medium, "base": VanillaTransformerConfig.base,
+           "big": VanillaTransformerConfig.big}
 # What continuing to train a saved model may change; the rest is its architecture, fixed by its weights.
 TRAINING_FIELDS = {"dropout", "attention_dropout", "activation_dropout", "label_smoothing", "src_lang", "tgt_lang"}
 # The arguments that decide the run's tokenizer, recorded beside it: a resumed run must give the same.
@@ -127,7 +128,7 @@ def build_model(args, tokenizer, device) -> VanillaTransformerForConditionalGene
             decoder_start_token_id=tokenizer.bos_token_id,
             attn_implementation=attn_implementation,
         )
-        config_name = args.config_name or "small"
+        config_name = args.config_name
         try:
             if config_name in PRESETS:
                 config = PRESETS[config_name](**overrides)

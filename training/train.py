@@ -57,6 +57,8 @@ STOP_REQUESTED = threading.Event()  # set by SIGTERM
 MAX_LOG_PERPLEXITY = 700.0  # math.exp overflows a float past ~709.8
 DEFAULT_MAX_TOKENS = 2048  # a batch of the main job on a CPU
 MAX_NON_FINITE_STEPS = 10  # updates skipped in a row for a non-finite gradient before the run stops
+DEFAULT_EPOCHS = 10
+MAIN_JOB_EPOCHS = {"medium": 8}  # what fits the main job's ~10 minutes on 2 cores, where it differs
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -66,7 +68,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "value, and local files (--train_file ...) replace its dataset")
     model = parser.add_argument_group("model")
     model.add_argument("--config_name", default=None,
-                       help=f"a preset ({', '.join(PRESETS)}) or a config.json path; default: small")
+                       help=f"a preset ({', '.join(PRESETS)}) or a config.json path; default: the main job's, "
+                       "medium where the run trains in bf16 on a CPU with AMX, else small")
     model.add_argument("--model_name_or_path", default=None,
                        help="continue training a saved model (with its own tokenizer unless --tokenizer_name)")
     model.add_argument("--tokenizer_name", default=None, help="a saved tokenizer; default: learn one on the data")
@@ -97,7 +100,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     data.add_argument("--max_train_source_tokens", type=positive_int, default=None,
                       help="train only on pairs whose source has at most this many tokens (length generalisation)")
     optim = parser.add_argument_group("optimisation (§5)")
-    optim.add_argument("--num_train_epochs", type=float, default=10)
+    optim.add_argument("--num_train_epochs", type=float, default=None,
+                       help=f"default: {', '.join(f'{n} for {name}' for name, n in MAIN_JOB_EPOCHS.items())}, "
+                       f"else {DEFAULT_EPOCHS}")
     optim.add_argument("--max_steps", type=positive_int, default=None,
                        help="stop after this many steps (overrides epochs)")
     optim.add_argument("--learning_rate", type=float, default=2e-3,
@@ -257,6 +262,10 @@ def start(args) -> Run:
     """The Accelerator, logging and the output folder (locked; an earlier run's outputs kept or removed)."""
     if args.mixed_precision == "auto":
         args.mixed_precision = native_mixed_precision()
+    if args.config_name is None and args.model_name_or_path is None:
+        args.config_name = main_job_model(args.mixed_precision)
+    if args.num_train_epochs is None:
+        args.num_train_epochs = MAIN_JOB_EPOCHS.get(args.config_name, DEFAULT_EPOCHS)
     output = Path(args.output_dir)
     trackers = [JSONLTracker(output / "logs" / "log.jsonl")]
     if args.with_tracking:
@@ -718,6 +727,14 @@ def native_mixed_precision() -> str:
         return "bf16" if torch.cuda.is_bf16_supported() else "no"
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's, where this torch has them
     return "bf16" if any(getattr(torch.cpu, name, lambda: False)() for name in checks) else "no"
+
+
+def main_job_model(mixed_precision: str) -> str:
+    """The main job's preset: `medium` where it trains in bf16 on a CPU with AMX tiles, whose bf16 matrix products
+    (~2 TFLOP/s on 2 cores) leave the step bound by its other work, so that twice the width costs 1.6 times the
+    time per token and buys ~2.5 BLEU in the same ~10 minutes (benchmarks/README.md); `small` elsewhere."""
+    amx = not torch.cuda.is_available() and getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    return "medium" if mixed_precision == "bf16" and amx else "small"
 
 
 def describe_hardware(accelerator) -> str:
