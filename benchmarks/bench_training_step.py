@@ -1,9 +1,10 @@
 """The main job's training step under each speed lever, side by side in one run, against the step as it trains.
 
     python benchmarks/bench_training_step.py                                  # every lever, the main job's shape
-    python benchmarks/bench_training_step.py --levers eager compile --dtype bf16
+    python benchmarks/bench_training_step.py --levers eager compile --dtype bf16 --preset medium
 
-The step is `training.train`'s: the model's own label-smoothed loss (§5.4), backward, fused Adam (§5.3), on real
+The step is `training.train`'s, for the main job's model on this machine unless `--preset` names another (`small`;
+`medium` where bf16 runs on AMX): the model's own label-smoothed loss (§5.4), backward, fused Adam (§5.3), on real
 Multi30k batches cut by the token sampler (§5.1). Levers, each against `eager` (the main job as it is):
 
 - `compile`: `torch.compile(model, dynamic=True)`, the compile time (the first pass) reported apart;
@@ -33,7 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.bench_data import cpu_name  # noqa: E402
 from benchmarks.bench_vs_marian import build, gemm_peak, prepare_batches, timed  # noqa: E402
-from training.train import native_mixed_precision  # noqa: E402
+from training.train import main_job_model, native_mixed_precision  # noqa: E402
 
 LEVERS = {  # name: what it changes against the main job's step
     "eager": {}, "compile": {"compile": True}, "tokens4096": {"max_tokens": 4096}, "tokens8192": {"max_tokens": 8192},
@@ -47,7 +48,7 @@ def measure(args: argparse.Namespace, data_dir: str) -> dict:
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     batches = torch.load(Path(data_dir) / "batches.pt")
-    model = build("ours", "small", args.vocab_size, "eager")
+    model = build("ours", args.preset, args.vocab_size, "eager")
     model.train()
     optimizer, _ = paper_optimizer(model, warmup_steps=200, learning_rate=2e-3)
     forward = torch.compile(model, dynamic=True) if args.compile else model
@@ -74,12 +75,15 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--levers", nargs="+", default=list(LEVERS), choices=LEVERS)
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--preset", default=None, choices=["small", "medium"],
+                        help="default: the main job's model with --dtype on this machine")
     parser.add_argument("--steps", type=int, default=30, help="batches of 2,048 tokens per pass (fewer when larger)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--output", default=None)
     args = parser.parse_args(argv)
+    args.preset = args.preset or main_job_model("bf16" if args.dtype == "bf16" else "no")
     levers = ["eager"] + [lever for lever in args.levers if lever != "eager"]
 
     context = multiprocessing.get_context("spawn")
@@ -110,7 +114,7 @@ def main(argv=None) -> dict:
     results = {lever: {key: statistics.median(run[key] for run in runs) for key in runs[0]}
                for lever, runs in rounds.items()}
     cpu = f"{cpu_name()} ({args.threads} threads)"
-    print(f"\nthe main job's training step, {args.dtype}, on {cpu}; 2048² GEMM peaks: "
+    print(f"\nthe training step of {args.preset}, {args.dtype}, on {cpu}; 2048² GEMM peaks: "
           + ", ".join(f"{dtype} {peak / 1e9:,.0f}" for dtype, peak in peaks.items()) + " GFLOP/s\n")
     print(f"{'lever':<12}{'tokens/s':>10}{'min/epoch':>11}{'× eager':>9}{'first step s':>14}"
           f"{'MFU fp32':>10}{'MFU bf16':>10}")
@@ -122,7 +126,8 @@ def main(argv=None) -> dict:
               f"{result['speedup']:>9.2f}{result['first_step_seconds']:>14.1f}"
               + "".join(f"{100 * result['mfu'][dtype]:>9.1f}%" if dtype in peaks else f"{'—':>10}"
                         for dtype in ("fp32", "bf16")))
-    report = {"device": cpu, "dtype": args.dtype, "gemm_peak_flops": peaks, "results": results, "rounds": rounds}
+    report = {"device": cpu, "dtype": args.dtype, "preset": args.preset, "gemm_peak_flops": peaks, "results": results,
+              "rounds": rounds}
     if args.output:
         Path(args.output).write_text(json.dumps(report, indent=2))
     return report

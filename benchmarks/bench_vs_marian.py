@@ -239,7 +239,7 @@ def prepare_batches(args, data_dir: Path) -> None:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="small", choices=["tiny", "small", "base", "big"])
+    parser.add_argument("--preset", default="small", choices=["tiny", "small", "medium", "base", "big"])
     parser.add_argument("--d_model", type=int, default=None, help="widen or narrow the preset (d_ff = 4 d_model)")
     parser.add_argument("--vocab_size", type=int, default=6000)
     parser.add_argument("--device", default="cpu")

@@ -97,7 +97,7 @@ def train_command(args, variant: Variant, run_dir: Path, train_args: list[str]) 
     """One `training.train` run: the shared budget, checkpoints averaged over its last fifth, no greedy BLEU
     during training (the validation loss is still logged each epoch)."""
     command = shlex.split(args.launcher) + [f"{__package__}.train", "--output_dir", str(run_dir),
-                                            "--max_steps", str(args.max_steps),
+                                            "--config_name", "small", "--max_steps", str(args.max_steps),
                                             "--checkpointing_steps", str(max(1, args.max_steps // 25)),
                                             "--average_checkpoints", "5", "--eval_bleu_samples", "0",
                                             "--no-with_tracking"]
