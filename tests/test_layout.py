@@ -55,6 +55,34 @@ def test_the_main_job_trains_medium_only_where_bf16_runs_on_amx(tmp_path, monkey
     assert resolved == [(model, epochs), ("small", 10), (model, 3), (None, 10)]
 
 
+def test_a_run_resumed_on_another_kind_of_cpu_goes_on_with_the_model_its_first_machine_chose(tmp_path, monkeypatch):
+    """The main job's model depends on the CPU; its checkpoints record what the first machine chose, so that another
+    machine resumes them instead of setting them aside as another model's and starting from scratch."""
+    flags = ["--output_dir", str(tmp_path / "run"), "--vocab_size", "600", *TINY_RUN, "--checkpointing_steps", "2"]
+
+    def train_until(step: int, *more: str) -> train.Run:
+        run = train.start(train.parse_args([*flags, "--max_steps", str(step), *more]))
+        try:
+            for phase in (train.load_data, train.build, train.tokenize_data, train.prepare_training, train.train):
+                phase(run)
+        finally:
+            run.release()
+        return run
+
+    monkeypatch.setitem(train.MAIN_JOB_EPOCHS, "tiny", 3)
+    monkeypatch.setattr(train, "main_job_model", lambda mixed_precision: "tiny")  # the first machine's choice
+    first = train_until(2)
+    assert (first.args.config_name, first.args.num_train_epochs) == ("tiny", 3)
+    monkeypatch.setattr(train, "main_job_model", lambda mixed_precision: "small")  # another machine's
+    resumed = train_until(4, "--resume_from_checkpoint", "latest")
+    assert (resumed.args.config_name, resumed.args.num_train_epochs) == ("tiny", 3)
+    assert resumed.unwrapped.config.d_model == 32 and resumed.step == 4
+    assert sorted(p.name for p in resumed.checkpoint_root.iterdir()) == ["step-00000002", "step-00000004"]
+    fresh = train.parse_args(["--output_dir", str(tmp_path / "other"), "--mixed_precision", "no", "--no-with_tracking"])
+    train.start(fresh).release()
+    assert (fresh.config_name, fresh.num_train_epochs) == ("small", 10)  # a new run: this machine's choice
+
+
 @pytest.mark.parametrize("native", ["no", "bf16"])
 def test_library_code_raises_and_only_the_command_line_exits(tmp_path, monkeypatch, native):
     """`--mixed_precision auto` resolved both ways, whatever this CPU multiplies natively."""

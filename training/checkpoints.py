@@ -241,6 +241,18 @@ def read_state(path: str | os.PathLike) -> dict:
     return json.loads((Path(path) / STATE_NAME).read_text())
 
 
+def recorded_machine_choices(requested: str, root: Path) -> dict:
+    """The flags that the machine which started a run chose for it, as the checkpoint to resume records them (the
+    newest whose state can be read, for `latest`); {} where none records them."""
+    candidates = [Path(requested)] if requested != "latest" else list(reversed(checkpoint_dirs(root)))
+    for path in candidates:
+        try:
+            return dict(read_state(path).get("machine_choices", {}))
+        except (OSError, ValueError, TypeError, AttributeError):
+            continue  # damaged: `resume` says so and sets it aside
+    return {}
+
+
 def usable_checkpoints(root: str | os.PathLike) -> list[Path]:
     """The checkpoints under `root`, newest first, leaving out (with a warning) those that are damaged."""
     usable = []

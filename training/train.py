@@ -212,6 +212,7 @@ class Run:
     learning_rate: float = 0.0  # the peak
     steps_per_epoch: int = 0
     max_steps: int = 0
+    machine_choices: dict = field(default_factory=dict)  # unset flags, as the machine that started the run set them
     layout: dict = None  # what the position within an epoch depends on: a checkpoint resumes only under the same
     step: int = 0
     epoch: int = 0
@@ -262,10 +263,6 @@ def start(args) -> Run:
     """The Accelerator, logging and the output folder (locked; an earlier run's outputs kept or removed)."""
     if args.mixed_precision == "auto":
         args.mixed_precision = native_mixed_precision()
-    if args.config_name is None and args.model_name_or_path is None:
-        args.config_name = main_job_model(args.mixed_precision)
-    if args.num_train_epochs is None:
-        args.num_train_epochs = MAIN_JOB_EPOCHS.get(args.config_name, DEFAULT_EPOCHS)
     output = Path(args.output_dir)
     trackers = [JSONLTracker(output / "logs" / "log.jsonl")]
     if args.with_tracking:
@@ -278,7 +275,7 @@ def start(args) -> Run:
         logging.getLogger("training").setLevel(logging.INFO)
     logger.info("%s; %d process(es) on %s; mixed precision: %s", accelerator.distributed_type,
                 accelerator.num_processes, accelerator.device, accelerator.mixed_precision)
-    run = Run(args, accelerator, output)
+    run = Run(args, accelerator, output, machine_choices=main_job_choices(args, output))
     if args.recipe:
         logger.info("--recipe %s: %s", args.recipe, " ".join(f"--{name} {getattr(args, name)}"
                                                              for name in RECIPES[args.recipe]))
@@ -579,7 +576,7 @@ def save_checkpoint(run: Run, interrupted: bool = False) -> None:
     if not all(p.isfinite().all() for p in run.unwrapped.parameters()):
         raise diverged(run, f"the weights are not finite at step {run.step}")
     state = {"epoch": run.epoch, "batches_done": run.batches_done, "learning_rate": run.learning_rate,
-             "layout": run.layout, "interrupted": interrupted}
+             "layout": run.layout, "machine_choices": run.machine_choices, "interrupted": interrupted}
     with timed(run.phases, "checkpoints"):
         try:
             checkpoints.save_checkpoint(run.accelerator, run.checkpoint_root, run.step, state,
@@ -739,6 +736,27 @@ def main_job_model(mixed_precision: str) -> str:
     time per token and reached test BLEU 39.19 against `small`'s 37.05 (benchmarks/README.md); `small` elsewhere."""
     amx = not torch.cuda.is_available() and cpu_supports("amx_tile")
     return "medium" if mixed_precision == "bf16" and amx else "small"
+
+
+def main_job_choices(args, output: Path) -> dict:
+    """Set `--config_name` and `--num_train_epochs` where they were left unset, and return what was set so: the main
+    job's model for this hardware and its epochs, or, for a resumed run, what the machine that started it chose
+    (its checkpoints record it), so that a run resumed on another kind of CPU goes on with the same model."""
+    chosen = {}
+    if args.config_name is None and args.model_name_or_path is None:
+        chosen["config_name"] = main_job_model(args.mixed_precision)
+    if args.num_train_epochs is None:
+        chosen["num_train_epochs"] = MAIN_JOB_EPOCHS.get(args.config_name or chosen.get("config_name"), DEFAULT_EPOCHS)
+    if args.resume_from_checkpoint:
+        recorded = checkpoints.recorded_machine_choices(args.resume_from_checkpoint, output / "checkpoints")
+        for name, value in recorded.items():
+            if name in chosen and value != chosen[name]:
+                logger.info("--%s %s, as the machine that started this run chose (this one would choose %s)",
+                            name, value, chosen[name])
+                chosen[name] = value
+    for name, value in chosen.items():
+        setattr(args, name, value)
+    return chosen
 
 
 def describe_hardware(accelerator) -> str:
