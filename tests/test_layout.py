@@ -55,7 +55,8 @@ def test_the_main_job_trains_medium_only_where_bf16_runs_on_amx(tmp_path, monkey
     assert resolved == [(model, epochs), ("small", 10), (model, 3), (None, 10)]
 
 
-def test_a_run_resumed_on_another_kind_of_cpu_goes_on_with_the_model_its_first_machine_chose(tmp_path, monkeypatch):
+def test_a_run_resumed_on_another_kind_of_cpu_goes_on_with_the_model_its_first_machine_chose(tmp_path, monkeypatch,
+                                                                                          caplog):
     """The main job's model depends on the CPU; its checkpoints record what the first machine chose, so that another
     machine resumes them instead of setting them aside as another model's and starting from scratch."""
     flags = ["--output_dir", str(tmp_path / "run"), "--vocab_size", "600", *TINY_RUN, "--checkpointing_steps", "2"]
@@ -76,6 +77,7 @@ def test_a_run_resumed_on_another_kind_of_cpu_goes_on_with_the_model_its_first_m
     monkeypatch.setattr(train, "main_job_model", lambda mixed_precision: "small")  # another machine's
     resumed = train_until(4, "--resume_from_checkpoint", "latest")
     assert (resumed.args.config_name, resumed.args.num_train_epochs) == ("tiny", 3)
+    assert "--config_name tiny, as the machine that started this run chose (this one would choose small)" in caplog.text
     assert resumed.unwrapped.config.d_model == 32 and resumed.step == 4
     assert sorted(p.name for p in resumed.checkpoint_root.iterdir()) == ["step-00000002", "step-00000004"]
     fresh = train.parse_args(["--output_dir", str(tmp_path / "other"), "--mixed_precision", "no", "--no-with_tracking"])
