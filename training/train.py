@@ -275,7 +275,8 @@ def start(args) -> Run:
         logging.getLogger("training").setLevel(logging.INFO)
     logger.info("%s; %d process(es) on %s; mixed precision: %s", accelerator.distributed_type,
                 accelerator.num_processes, accelerator.device, accelerator.mixed_precision)
-    run = Run(args, accelerator, output, machine_choices=main_job_choices(args, output))
+    run = Run(args, accelerator, output)
+    run.machine_choices = main_job_choices(args, run.checkpoint_root)
     if args.recipe:
         logger.info("--recipe %s: %s", args.recipe, " ".join(f"--{name} {getattr(args, name)}"
                                                              for name in RECIPES[args.recipe]))
@@ -738,7 +739,7 @@ def main_job_model(mixed_precision: str) -> str:
     return "medium" if mixed_precision == "bf16" and amx else "small"
 
 
-def main_job_choices(args, output: Path) -> dict:
+def main_job_choices(args, checkpoint_root: Path) -> dict:
     """Set `--config_name` and `--num_train_epochs` where they were left unset, and return what was set so: the main
     job's model for this hardware and its epochs, or, for a resumed run, what the machine that started it chose
     (its checkpoints record it), so that a run resumed on another kind of CPU goes on with the same model."""
@@ -748,7 +749,7 @@ def main_job_choices(args, output: Path) -> dict:
     if args.num_train_epochs is None:
         chosen["num_train_epochs"] = MAIN_JOB_EPOCHS.get(args.config_name or chosen.get("config_name"), DEFAULT_EPOCHS)
     if args.resume_from_checkpoint:
-        recorded = checkpoints.recorded_machine_choices(args.resume_from_checkpoint, output / "checkpoints")
+        recorded = checkpoints.recorded_machine_choices(args.resume_from_checkpoint, checkpoint_root)
         for name, value in recorded.items():
             if name in chosen and value != chosen[name]:
                 logger.info("--%s %s, as the machine that started this run chose (this one would choose %s)",
