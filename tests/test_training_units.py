@@ -389,8 +389,12 @@ def test_a_steps_tokens_split_into_batch_size_processes_and_accumulation():
 
     assert split_tokens_per_step(25000, 8) == (3125, 1)  # the paper's 8 GPUs
     assert split_tokens_per_step(25000, 1) == (25000, 1)
-    assert split_tokens_per_step(25000, 2, max_tokens=4096) == (4096, 4)  # 32,768 ≥ 25,000 with 4 micro-batches
+    assert split_tokens_per_step(25000, 2, max_tokens=4096) == (3125, 4)  # 4 micro-batches of 3125 ≤ 4096
     assert split_tokens_per_step(25000, 4, accumulation=2) == (3125, 2)
+    with pytest.raises(ValueError, match="does not divide into 3 process.* × 3 micro-batch.*24993 or 25002"):
+        split_tokens_per_step(25000, 3, max_tokens=4096)  # never 3 × 3 × 4096 = 36,864 tokens a step
+    with pytest.raises(ValueError, match="25002"):
+        split_tokens_per_step(25000, 6)
     with pytest.raises(ValueError, match="give one of them, not both"):
         split_tokens_per_step(25000, 1, max_tokens=4096, accumulation=2)
 

@@ -40,13 +40,20 @@ RECIPES = {
 
 def split_tokens_per_step(tokens_per_step: int, processes: int, max_tokens: int | None = None,
                           accumulation: int | None = None) -> tuple[int, int]:
-    """§5.1's tokens per step as `max_tokens` per batch × `processes` × `accumulation` micro-batches: with
-    `max_tokens` given (what one device holds), the accumulation that reaches the total; else the batch size that
-    reaches it in `accumulation` (default 1) micro-batches per process."""
+    """§5.1's tokens per step, exactly, as `max_tokens` per batch × `processes` × `accumulation` micro-batches: with
+    `max_tokens` given (the most one device holds), the fewest micro-batches that reach the total, each of its exact
+    share; else the batch that reaches it in `accumulation` (default 1) micro-batches per process. A total that
+    does not divide among the batches raises `ValueError` naming the nearest that do: a step is never larger."""
     if max_tokens is not None and accumulation is not None:
         raise ValueError(f"--tokens_per_step {tokens_per_step} sets --max_tokens or --gradient_accumulation_steps "
                          "from the other: give one of them, not both")
     if max_tokens is not None:
-        return max_tokens, math.ceil(tokens_per_step / (max_tokens * processes))
+        accumulation = math.ceil(tokens_per_step / (max_tokens * processes))
     accumulation = accumulation or 1
-    return math.ceil(tokens_per_step / (processes * accumulation)), accumulation
+    batches = processes * accumulation
+    batch, remainder = divmod(tokens_per_step, batches)
+    if remainder:
+        raise ValueError(f"--tokens_per_step {tokens_per_step} does not divide into {processes} process(es) × "
+                         f"{accumulation} micro-batch(es): pass --tokens_per_step {batches * batch} or "
+                         f"{batches * (batch + 1)}")
+    return batch, accumulation
