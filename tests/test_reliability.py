@@ -119,7 +119,7 @@ def test_a_second_run_into_the_same_folder_is_refused_and_a_dead_runs_lock_is_no
     finally:
         holder.kill()  # SIGKILL: the lock file stays, the kernel drops the lock
         holder.wait()
-    assert (output / checkpoints.LOCK_NAME).read_text() == str(holder.pid)
+    assert (output / checkpoints.LOCK_NAME).read_text().split()[0] == str(holder.pid)  # then the lock's token
     checkpoints.lock_output_dir(output).close()  # a killed run's lock does not block
 
 

@@ -268,6 +268,7 @@ def test_resuming_with_another_process_count_is_refused(tmp_path):
                    check=False)
     assert result.returncode != 0
     assert "num_processes 1 (now 2)" in result.stderr and "--num_processes 1" in result.stderr
+    assert result.stderr.count("num_processes 1 (now 2)") == 1 and "[rank" not in result.stderr  # once, not per rank
 
 
 def test_overwrite_output_dir_starts_clean(tmp_path):
@@ -363,6 +364,19 @@ def test_over_long_evaluation_pairs_are_counted_not_fatal(tmp_path):
     assert results["eval_sentences"] == 21  # BLEU still scores every test sentence
 
 
+def test_training_pairs_longer_than_max_tokens_are_left_out_with_a_warning(tmp_path):
+    """A batch never holds more than --max_tokens tokens: a pair longer than that alone is left out, and said."""
+    pairs = load_translation_dataset("de", "en")["train"].select(range(400))["translation"]
+    long = " ".join(["Ein Hund läuft über die Wiese."] * 14)  # ~100 tokens a side: fewer than 128 positions
+    lines = [f"{p['de']}\t{p['en']}" for p in pairs] + [f"{long}\t{long}"]
+    (tmp_path / "train.tsv").write_text("\n".join(lines) + "\n")
+    output = tmp_path / "run"
+    result = train(tmp_path, output, "--train_file", str(tmp_path / "train.tsv"), "--max_tokens", "90",
+                   "--max_steps", "3", "--eval_bleu_samples", "0")
+    assert "1 training pairs are longer than --max_tokens 90: left out of training" in result.stderr
+    assert all(0 < r["target_tokens_per_step"] <= 90 for r in log(output) if "target_tokens_per_step" in r)
+
+
 def test_mixed_precision_reaches_training_and_validation_and_the_saved_model_gives_the_reported_bleu(
         tmp_path, monkeypatch):
     """`--mixed_precision bf16` puts each training step's forward and the validation loss's and translations' under
@@ -422,10 +436,16 @@ def test_the_wmt14_recipe_runs_end_to_end_on_two_processes_at_tiny_scale(tmp_pat
     corpus = wmt_shaped_corpus(tmp_path / "train", 1500)
     evaluation = wmt_shaped_corpus(tmp_path / "newstest", 60, seed=1)
     output = tmp_path / "run"
-    result = train(tmp_path, output, "--recipe", "wmt14-en-de-base", "--train_file", corpus,
-                   "--validation_file", evaluation, "--test_file", evaluation, "--tokens_per_step", "4096",
-                   "--max_steps", "6", "--checkpointing_steps", "2", "--eval_steps", "3", "--logging_steps", "2",
-                   processes=2)
+    args = ["--recipe", "wmt14-en-de-base", "--train_file", corpus, "--validation_file", evaluation, "--test_file",
+            evaluation, "--tokens_per_step", "4096", "--max_steps", "6", "--checkpointing_steps", "2", "--eval_steps",
+            "3", "--logging_steps", "2"]
+    prepare = [sys.executable, "-m", "training.prepare", *train_command(output, *args)[3:]]  # fairseq-preprocess's
+    prepared = subprocess.run(prepare, cwd=ROOT, env=environment(tmp_path), capture_output=True, text=True,
+                              timeout=600)
+    assert prepared.returncode == 0 and " validation, 60 test pairs in " in prepared.stderr, prepared.stderr[-2000:]
+    assert not output.exists()  # it writes only the cache
+    result = train(tmp_path, output, *args, processes=2)
+    assert "learning_vocabulary" in result.stderr and "Tokenizing" not in result.stderr  # all found cached
     assert ("--recipe wmt14-en-de-base: --dataset_name None --dataset_config_name None --source_lang en "
             "--target_lang de --vocab_size 600") in result.stderr
     assert ("--tokens_per_step 4096: --max_tokens 1024 × 2 process(es) × --gradient_accumulation_steps 2"
@@ -443,3 +463,4 @@ def test_the_wmt14_recipe_runs_end_to_end_on_two_processes_at_tiny_scale(tmp_pat
     assert (config["src_lang"], config["tgt_lang"]) == ("en", "de")
     steps = [r["step"] for r in log(output) if "eval_loss" in r]
     assert steps == [3, 6]  # validation shared by both processes, on its schedule
+    assert all(0 < r["target_tokens_per_step"] <= 4096 for r in log(output) if "train_loss" in r)  # as run

@@ -35,13 +35,14 @@ TOKENIZER_ORIGIN = ("tokenizer_name", "model_name_or_path", "vocab_size", "datas
 ORIGIN_NAME = "run_arguments.json"
 
 
-def build_tokenizer(args, train, folder: Path):
-    """The run's tokenizer, saved in `folder`: the one saved there already (a resumed run), else
-    `--tokenizer_name`, else the continued model's own, else a BPE vocabulary learned on the `train` split."""
+def build_tokenizer(args, train, folder: Path | None, saved: bool = False, save: bool = True):
+    """The run's tokenizer: the one in `folder`, where the run it resumes saved it (`saved`), else `--tokenizer_name`,
+    else the continued model's own, else a BPE vocabulary learned on the `train` split (or found in the cache);
+    written to `folder` where `save` (the processes that write the run's folder)."""
     origin = {name: getattr(args, name) for name in TOKENIZER_ORIGIN}
     if not (args.tokenizer_name or args.model_name_or_path):
         origin["vocab_size"] = args.vocab_size or DEFAULT_VOCAB_SIZE
-    if (folder / "tokenizer.json").is_file():
+    if saved:
         recorded = json.loads((folder / ORIGIN_NAME).read_text()) if (folder / ORIGIN_NAME).is_file() else origin
         changed = [f"--{name} {origin[name]} (was {recorded.get(name)})" for name in origin
                    if recorded.get(name) != origin[name]]
@@ -59,8 +60,9 @@ def build_tokenizer(args, train, folder: Path):
     else:
         tokenizer = learn_tokenizer(train, args.source_lang, args.target_lang, args.vocab_size or DEFAULT_VOCAB_SIZE,
                                     args.tokenizer_sample_size)
-    tokenizer.save_pretrained(folder)
-    (folder / ORIGIN_NAME).write_text(json.dumps(origin, indent=2))
+    if save:
+        tokenizer.save_pretrained(folder)
+        (folder / ORIGIN_NAME).write_text(json.dumps(origin, indent=2))
     return tokenizer
 
 

@@ -5,6 +5,10 @@ plus `trainer_state.json`, written into a temporary folder that is renamed to `s
 killed run leaves at most a `.tmp-*` folder, which is never read. `trainer_state.json` records each file's size
 and SHA-256, so a checkpoint damaged later is recognised and skipped in favour of the one before it; a checkpoint
 that cannot be used is set aside as `unusable-step-NNNNNNNN`, where it is neither resumed, counted nor averaged.
+
+The folders are written by a run's writer processes: the main process, and where a machine does not see the main
+process's folder (no shared filesystem), that machine's local main process too, each keeping a whole copy of every
+checkpoint (Accelerate's `save_on_each_node`) with its own processes' random states: what resuming there needs.
 """
 
 import errno
@@ -12,15 +16,17 @@ import json
 import logging
 import os
 import shutil
+import uuid
 from pathlib import Path
 
 import torch
-from accelerate.utils import gather_object
 from accelerate.utils import load as load_accelerate_file
 from safetensors import safe_open
 from safetensors.torch import load_file
 
 from hf_vanilla_transformer.loading import sha256_file
+
+from . import distributed
 
 try:
     import fcntl
@@ -40,7 +46,9 @@ SET_ASIDE_PREFIX = "unusable-"
 
 def lock_output_dir(output: Path):
     """Hold an exclusive lock on OUTPUT/.lock while the run lives (the kernel drops it when the process ends, killed
-    or not, so a stale lock never blocks); raises `RuntimeError` naming the pid of a run that holds it already."""
+    or not, so a stale lock never blocks); raises `RuntimeError` naming the pid of a run that holds it already. The
+    file holds the pid and a token new to this lock (`lock_holder`): a process that reads the same token sees the
+    same folder."""
     output.mkdir(parents=True, exist_ok=True)
     file = open(output / LOCK_NAME, "a+")
     if fcntl is None:
@@ -49,15 +57,23 @@ def lock_output_dir(output: Path):
         fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         file.seek(0)
-        holder = file.read().strip() or "unknown"
+        holder = (file.read().split() or ["unknown"])[0]
         file.close()
         raise RuntimeError(f"another run (pid {holder}) is writing to {output}: wait for it to end, or pass another "
                            "--output_dir") from None
     file.seek(0)
     file.truncate()
-    file.write(str(os.getpid()))
+    file.write(f"{os.getpid()} {uuid.uuid4().hex}")
     file.flush()
     return file
+
+
+def lock_holder(output: Path) -> str | None:
+    """What OUTPUT/.lock holds: the pid and token of the run that locked it last; None where there is none."""
+    try:
+        return (output / LOCK_NAME).read_text()
+    except OSError:
+        return None
 
 
 def record_outputs(output: Path, names) -> None:
@@ -126,8 +142,10 @@ def step_of(path: Path) -> int:
     return int(path.name[len(PREFIX) :])
 
 
-def save_checkpoint(accelerator, root: str | os.PathLike, step: int, state: dict, keep: int) -> Path:
-    """Write the training state for `step` atomically and keep only the newest `keep` checkpoints, this one always.
+def save_checkpoint(accelerator, root: str | os.PathLike, step: int, state: dict, keep: int,
+                    writer: bool = True) -> Path:
+    """Write the training state for `step` atomically and keep only the newest `keep` checkpoints, this one always;
+    `writer`: whether this process writes the folder on its machine.
 
     A full disk raises an `OSError` whose message names the folder; the checkpoints already written stay intact.
     """
@@ -135,13 +153,13 @@ def save_checkpoint(accelerator, root: str | os.PathLike, step: int, state: dict
     final = root / f"{PREFIX}{step:08d}"
     temporary = root / f".tmp-{final.name}"
     try:
-        if accelerator.is_main_process:
+        if writer:
             shutil.rmtree(temporary, ignore_errors=True)
             temporary.mkdir(parents=True)
         accelerator.wait_for_everyone()
         accelerator.save_state(str(temporary), safe_serialization=True)
         accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
+        if writer:
             files = {p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)} for p in sorted(temporary.iterdir())}
             with open(temporary / STATE_NAME, "w") as file:
                 json.dump({**state, "step": step, "files": files}, file, indent=2)
@@ -157,7 +175,7 @@ def save_checkpoint(accelerator, root: str | os.PathLike, step: int, state: dict
         raise OSError(f"No space left on device at {root}: the checkpoint of step {step} was not written "
                       f"(intact checkpoints: {kept}). Free some space, then resume with "
                       "--resume_from_checkpoint latest.") from None
-    if accelerator.is_main_process and not state.get("interrupted"):
+    if writer and not state.get("interrupted"):
         # A checkpoint written off the schedule (the run was stopped) goes once a scheduled one follows it, and never
         # counts among the `keep`: a stopped and resumed run keeps and averages the checkpoints of an unstopped one.
         older = [p for p in checkpoint_dirs(root) if p != final]
@@ -184,15 +202,16 @@ def _was_interrupted(path: Path) -> bool:
         return False
 
 
-def set_aside(path: Path, reason: str, accelerator) -> None:
-    """Rename an unusable checkpoint to `unusable-step-N` (kept for inspection, never used again)."""
+def set_aside(path: Path, reason: str, writer: bool = True) -> None:
+    """Rename an unusable checkpoint to `unusable-step-N` (kept for inspection, never used again), where `writer`."""
+    if not writer:
+        return
     target = path.with_name(SET_ASIDE_PREFIX + path.name)
     number = 1
     while target.exists():
         target, number = path.with_name(f"{SET_ASIDE_PREFIX}{number}-{path.name}"), number + 1
     logger.warning("Setting checkpoint %s aside as %s: %s", path, target.name, reason)
-    if accelerator.is_main_process:
-        os.replace(path, target)
+    os.replace(path, target)
 
 
 def checkpoint_problem(path: str | os.PathLike) -> str | None:
@@ -293,38 +312,42 @@ def load_average(model, paths: list[str | os.PathLike]) -> None:
         raise ValueError(f"The checkpoints do not fit the model: missing {missing}, unexpected {unexpected}")
 
 
-def resume(requested: str, root: Path, accelerator, model, layout: dict) -> dict:
+def resume(requested: str, root: Path, accelerator, model, layout: dict, writer: bool = True) -> dict:
     """Load the newest usable checkpoint under `root` (or the one named) and return its state (step, epoch,
     batches done); with none usable, the state of a fresh start.
 
     A checkpoint that is damaged, cannot be read, or holds another model's weights is set aside (renamed, so that
     `--keep_checkpoints` and averaging never count it), and so are those newer than the one resumed. One written
-    with another data `layout` (process count, accumulation, batch size, seed, data) raises `ValueError`.
+    with another data `layout` (process count, accumulation, batch size, seed, data) raises `ValueError`. The
+    processes decide together, checkpoint by checkpoint: all resume the same one, or all refuse; processes that see
+    different checkpoints (machines without a shared filesystem that kept other ones) raise `distributed.Stopped`.
     """
     candidates = [Path(requested)] if requested != "latest" else list(reversed(checkpoint_dirs(root)))
+    distributed.agree(accelerator, f"checkpoints under {root}", {"the checkpoints": [p.name for p in candidates]})
     partly_loaded = False
     for path in candidates:
-        problem = checkpoint_problem(path) or weights_problem(path, model)
+        problem = distributed.agreed_problem(accelerator, checkpoint_problem(path) or weights_problem(path, model))
         if problem is None:
             state = read_state(path)
-            check_layout(path, state.get("layout"), layout)
-            rng_problems = gather_object([rng_state_problem(path, accelerator.process_index)])
-            problem = next(filter(None, rng_problems), None)
+            check_layout(path, state.get("layout"), layout)  # before the random states: one per process
+            problem = distributed.agreed_problem(accelerator, rng_state_problem(path, accelerator.process_index))
         if problem is None:
             try:
                 accelerator.load_state(str(path))
             except Exception as error:  # a file that passed its checksum but still cannot be read
-                problem, partly_loaded = f"it cannot be loaded ({error})", True
+                problem = f"it cannot be loaded ({error})"
+            problem = distributed.agreed_problem(accelerator, problem)
+            partly_loaded |= problem is not None
         if problem is None:
             logger.info("Resumed from %s (step %d, epoch %d)", path, state["step"], state["epoch"])
             for newer in checkpoint_dirs(root):
                 if step_of(newer) > state["step"]:
-                    set_aside(newer, f"it is newer than {path.name}, the checkpoint resumed", accelerator)
+                    set_aside(newer, f"it is newer than {path.name}, the checkpoint resumed", writer)
             accelerator.wait_for_everyone()
             return state
         if requested != "latest":
             raise ValueError(f"Cannot resume from {requested}: {problem}")
-        set_aside(path, problem, accelerator)
+        set_aside(path, problem, writer)
     accelerator.wait_for_everyone()
     if partly_loaded:
         raise ValueError(f"No checkpoint under {root} could be loaded, and one was loaded in part: start afresh with "

@@ -3,11 +3,10 @@
 During training both run under the run's mixed precision; the final model is evaluated with `autocast=False`, in
 the float32 it is saved in, so that its reported scores are the ones its users get from the saved folder."""
 
-import math
 from contextlib import nullcontext
 
 import torch
-from accelerate.utils import DistributedType, gather_object
+from accelerate.utils import gather_object
 from torch.utils.data import DataLoader
 
 from hf_vanilla_transformer.translate import translate
@@ -35,25 +34,9 @@ def validation_loss(model, dataset, collator, accelerator, max_tokens: int, auto
 
 def translate_split(model, tokenizer, sources, accelerator, batch_size=64, autocast: bool = True,
                     **generate_kwargs) -> list[str]:
-    """Translations of `sources`, the processes sharing the work; every process gets all of them, in order.
-
-    Where the weights are sharded among the processes (FSDP, DeepSpeed ZeRO-3), each decoding step needs every
-    process: `generate` runs with `synced_gpus` (a process that is done keeps stepping until all are), and every
-    process translates as many sentences, so none waits for a `generate` call that another never makes."""
+    """Translations of `sources`, the processes sharing the work; every process gets all of them, in order."""
     processes, rank = accelerator.num_processes, accelerator.process_index
-    mine = sources[rank::processes]
-    if processes > 1 and weights_are_sharded(accelerator):
-        mine = mine + sources[:1] * (math.ceil(len(sources) / processes) - len(mine))  # padding, dropped below
-        generate_kwargs["synced_gpus"] = True
     with accelerator.autocast() if autocast else nullcontext():
-        mine = translate(model, tokenizer, mine, batch_size, **generate_kwargs)
+        mine = translate(model, tokenizer, sources[rank::processes], batch_size, **generate_kwargs)
     gathered = gather_object([mine])
     return [gathered[i % len(gathered)][i // len(gathered)] for i in range(len(sources))]
-
-
-def weights_are_sharded(accelerator) -> bool:
-    """Whether no process holds all the weights: FSDP, or DeepSpeed at ZeRO stage 3."""
-    if accelerator.distributed_type == DistributedType.FSDP:
-        return True
-    plugin = accelerator.state.deepspeed_plugin
-    return accelerator.distributed_type == DistributedType.DEEPSPEED and plugin is not None and plugin.zero_stage == 3

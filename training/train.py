@@ -3,18 +3,22 @@
     python -m training.train                                      # the main job: Multi30k de→en on a CPU
     accelerate launch --num_processes 8 -m training.train --config_name base --mixed_precision bf16 ...
 
-Multi-node, FSDP and DeepSpeed come from `accelerate config`, with no change here. The run writes, under
-`--output_dir`: `checkpoints/` (atomic, resumable), `tokenizer/`, `logs/` (JSONL, TensorBoard) and `model/`, the
-Hub-ready folder with the averaged final weights, the tokenizer, the model card and the learning curve.
+Data-parallel (DDP) on one machine or several, from `accelerate config`; sharded training (FSDP, DeepSpeed) is
+refused: the paper's models fit one GPU. The run writes, under `--output_dir`: `checkpoints/` (atomic, resumable),
+`tokenizer/`, `logs/` (JSONL, TensorBoard) and `model/`, the Hub-ready folder with the averaged final weights, the
+tokenizer, the model card and the learning curve.
 """
 
 
 import argparse
 import contextlib
 import errno
+import hashlib
 import importlib.util
 import logging
 import math
+import os
+import re
 import shutil
 import signal
 import threading
@@ -22,13 +26,15 @@ import time
 from collections import defaultdict
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from datetime import timedelta
 from itertools import islice
 from pathlib import Path
 
 import datasets
+import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import InitProcessGroupKwargs, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import DataCollatorForSeq2Seq
@@ -42,7 +48,7 @@ from hf_vanilla_transformer.metrics import BLEU_STYLES, corpus_bleu, load_bleu, 
 from hf_vanilla_transformer.onnx_backend import check_exportable as check_onnx_exportable
 from hf_vanilla_transformer.onnx_backend import import_onnx_exporter
 
-from . import checkpoints
+from . import checkpoints, distributed
 from .build import DEFAULT_VOCAB_SIZE, PRESETS, build_model, build_tokenizer
 from .data import DataError, TokenBatchSampler, lengths, load_translation_dataset, tokenize
 from .evaluation import translate_split, validation_loss
@@ -119,6 +125,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     optim.add_argument("--mixed_precision", default="auto", choices=["auto", "no", "fp16", "bf16"],
                        help="auto: bf16 where the hardware multiplies bf16 natively, else no (float32)")
     optim.add_argument("--seed", type=int, default=42)
+    optim.add_argument("--ddp_timeout", type=positive_int, default=1800,
+                       help="seconds a collective of several processes waits for a missing one before the run stops "
+                       "(HF Trainer's flag); waits of unknown length (preparing the data, saving) have none")
     ckpt = parser.add_argument_group("checkpoints")
     ckpt.add_argument("--output_dir", default="outputs/multi30k-de-en")
     ckpt.add_argument("--overwrite_output_dir", action="store_true", help="discard an earlier run's checkpoints")
@@ -196,7 +205,11 @@ class Run:
     output: Path
     phases: defaultdict = field(default_factory=lambda: defaultdict(float))  # minutes per phase of the job
     started: float = field(default_factory=time.time)
-    lock: object = None  # the output folder's lock, held while the run lives (main process)
+    lock: object = None  # the output folder's lock, held while the run lives (`writer` processes)
+    peers: list = field(default_factory=list)  # (machine, local rank, pid) of each process, by rank
+    writer: bool = True  # writes the checkpoints and tokenizer: the main process, and each machine's local main
+    # process where that machine does not see the main process's folder
+    saved_tokenizer: bool = False  # the folder held a tokenizer (of the run this one resumes) when the run started
     raw: dict = None  # the text pairs of each split
     data: dict = None  # the tokenized pairs of each split
     too_long: dict = None  # per split, the pairs left out for being longer than the model's positions
@@ -233,15 +246,15 @@ def main(argv=None) -> dict:
     """The run, phase after phase; returns what `model/training_results.json` holds."""
     run = start(parse_args(argv))
     try:
-        # The main process prepares (and caches) data and tokenizer first.
-        with run.accelerator.main_process_first(), data_cache_failures():
-            load_data(run)
-            build(run)
-            tokenize_data(run)
-        prepare_training(run)
-        train(run)
-        results = evaluate(run)
-        save(run, results)
+        with one_report(run):
+            with local_main_process_first(run):
+                load_data(run)
+                build(run)
+                tokenize_data(run)
+            prepare_training(run)
+            train(run)
+            results = evaluate(run)
+            save(run, results)
     finally:  # what it wrote is on the record, and the folder free again for the next run (a notebook, a test)
         with contextlib.suppress(OSError):  # a full disk must not hide what stopped the run
             record_outputs(run)
@@ -251,12 +264,65 @@ def main(argv=None) -> dict:
 
 def cli(argv=None) -> None:
     """The command line: SIGTERM (what schedulers and spot instances send before they kill) ends the run after the
-    current step, with a checkpoint to resume from; a run that cannot go on exits with its message."""
+    current step, with a checkpoint to resume from; a run that cannot go on exits with its message, given once
+    for all its processes (by the first to stop; the others exit silently with status 1)."""
     signal.signal(signal.SIGTERM, lambda signum, frame: STOP_REQUESTED.set())
     try:
         main(argv)
     except RunStopped as error:
-        raise SystemExit(str(error)) from None
+        raise SystemExit(str(error) if distributed.first_to_report() else 1) from None
+    except Exception as error:
+        if distributed.is_communication_failure(error) and not distributed.first_to_report():
+            raise SystemExit(1) from None  # a consequence: the process that failed first reports it
+        distributed.first_to_report()  # this traceback is the report: the others' consequences stay silent
+        raise
+
+
+@contextmanager
+def local_main_process_first(run: Run):
+    """The block (the data's preparation) runs in the local main process of each machine, which caches what it
+    prepares, then in the others, which load it from that cache. Every process waits for all machines' preparation
+    without a deadline (`distributed.wait_for_all`): a preparation as long as WMT's never times a launch out."""
+    accelerator = run.accelerator
+    if not accelerator.is_local_main_process:
+        distributed.wait_for_all(accelerator, "prepared", STOP_REQUESTED)
+    with data_cache_failures():
+        yield
+    if accelerator.is_local_main_process:
+        distributed.wait_for_all(accelerator, "prepared", STOP_REQUESTED)
+
+
+@contextmanager
+def one_report(run: Run):
+    """What stops one process reaches the others: those waiting for it (`distributed.wait_for_all`) stop with its
+    reason, and a process whose collective failed because another was lost stops with one line that says which,
+    and how to resume."""
+    try:
+        yield
+    except Exception as error:
+        if isinstance(error, distributed.Stopped):
+            error = RunStopped(str(error))
+        elif run.accelerator.num_processes > 1 and distributed.is_communication_failure(error):
+            error = RunStopped(lost_contact(run, error))
+        with contextlib.suppress(RuntimeError):  # the store may be gone with the machine that held it
+            failure = f"rank {run.accelerator.process_index} failed ({type(error).__name__}: {error})"
+            distributed.publish_failure(str(error) if isinstance(error, RunStopped) else failure)
+        if isinstance(error, RunStopped):
+            raise error from None
+        raise
+
+
+def lost_contact(run: Run, error: Exception) -> str:
+    """The message of a process whose collective failed: which process was lost, and how to go on."""
+    args = run.args
+    lost = distributed.lost_processes(run.peers, error, args.ddp_timeout)
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    reason = re.sub(r"^\[[^\]]*\] ", "", reason).split(". ")[0][:200]  # gloo's: "[file:line] What. Advice.
+    kept = checkpoints.checkpoint_dirs(run.checkpoint_root)
+    resume = (f"the newest checkpoint is {kept[-1].name} in {run.checkpoint_root}: run the same command with "
+              "--resume_from_checkpoint latest to continue" if kept else "no checkpoint was written: run it again")
+    return (f"Rank {run.accelerator.process_index} of {run.accelerator.num_processes} lost the other processes at "
+            f"step {run.step}: {lost} ({reason}); {resume}")
 
 
 def start(args) -> Run:
@@ -267,15 +333,24 @@ def start(args) -> Run:
     trackers = [JSONLTracker(output / "logs" / "log.jsonl")]
     if args.with_tracking:
         trackers += args.report_to.split(",")
+    if sharding := distributed.sharding_requested():
+        raise RunStopped(f"error: {sharding} is not supported: the paper's models (213M parameters for the big one) "
+                         "fit one GPU, so the run is data-parallel (DDP); answer `accelerate config` with multi-GPU "
+                         "and no FSDP or DeepSpeed")
+    # The process group's collectives give up after --ddp_timeout seconds (HF Trainer's flag).
     accelerator = Accelerator(mixed_precision=args.mixed_precision, log_with=trackers,
-                              project_dir=str(output / "logs"), step_scheduler_with_optimizer=False)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
-    logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)  # "Removed shared tensor": the tied embeddings
-    if accelerator.is_main_process:
-        logging.getLogger("training").setLevel(logging.INFO)
+                              project_dir=str(output / "logs"), step_scheduler_with_optimizer=False,
+                              kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=args.ddp_timeout))])
+    set_up_logging(accelerator.is_main_process)
     logger.info("%s; %d process(es) on %s; mixed precision: %s", accelerator.distributed_type,
                 accelerator.num_processes, accelerator.device, accelerator.mixed_precision)
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != accelerator.num_processes:
+        raise RunStopped(f"error: {launched} processes were launched, but each trains alone ({accelerator.device}, "
+                         f"{accelerator.distributed_type}): without GPUs, launch with ACCELERATE_USE_CPU=true for "
+                         "data-parallel training over gloo")
     run = Run(args, accelerator, output)
+    run.peers = distributed.processes(accelerator)
     run.machine_choices = main_job_choices(args, run.checkpoint_root)
     if args.recipe:
         logger.info("--recipe %s: %s", args.recipe, " ".join(f"--{name} {getattr(args, name)}"
@@ -304,35 +379,76 @@ def start(args) -> Run:
         except ImportError as error:
             raise RunStopped(f"--export_onnx: {error}") from None
     set_seed(args.seed, device_specific=True)
-    if accelerator.is_main_process:
-        try:
-            run.lock = checkpoints.lock_output_dir(output)  # held until the run ends (`Run.release`) or its process
-        except RuntimeError as error:
-            raise RunStopped(f"error: {error}") from None
+    lock_output_folder(run)
     earlier = [name for name in RUN_OUTPUTS if (output / name).exists() or (output / name).is_symlink()]
+    problem = None
     if args.resume_from_checkpoint is None and earlier:
         unrecorded = checkpoints.recorded_outputs(output) is None
-        if unrecorded or not args.overwrite_output_dir:
-            run.release()
-            if unrecorded:
-                raise RunStopped(f"error: {output} holds {', '.join(earlier)}, which no training run wrote: "
-                                 "move them away, or pass another --output_dir")
-            raise RunStopped(f"{output} holds an earlier run ({', '.join(earlier)}): resume it with "
-                             "--resume_from_checkpoint latest, or pass --overwrite_output_dir to start afresh")
-        if accelerator.is_main_process:  # a clean start: no old log, tokenizer, checkpoint or model survives
-            try:
-                checkpoints.discard_outputs(output, earlier)
-            except RuntimeError as error:
-                run.release()
-                raise RunStopped(f"error: {error}") from None
-        accelerator.wait_for_everyone()
+        if unrecorded:
+            problem = (f"error: {output} holds {', '.join(earlier)}, which no training run wrote: move them away, or "
+                       "pass another --output_dir")
+        elif not args.overwrite_output_dir:
+            problem = (f"{output} holds an earlier run ({', '.join(earlier)}): resume it with "
+                       "--resume_from_checkpoint latest, or pass --overwrite_output_dir to start afresh")
+    if problem := distributed.agreed_problem(accelerator, problem):
+        run.release()
+        raise RunStopped(problem)
+    if args.resume_from_checkpoint is None and earlier and run.writer:
+        # A clean start: no old log, tokenizer, checkpoint or model survives.
+        try:
+            checkpoints.discard_outputs(output, earlier)
+        except RuntimeError as error:
+            problem = f"error: {error}"
+    if problem := distributed.agreed_problem(accelerator, problem):
+        run.release()
+        raise RunStopped(problem)
+    run.saved_tokenizer = (output / "tokenizer" / "tokenizer.json").is_file()
     record_outputs(run)
     return run
 
 
+def set_up_logging(main_process: bool) -> None:
+    """Warnings from every process; the run's progress from the main one."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)  # "Removed shared tensor": the tied embeddings
+    if main_process:
+        logging.getLogger("training").setLevel(logging.INFO)
+
+
+def lock_output_folder(run: Run) -> None:
+    """The main process locks the output folder; a machine whose local main process does not find the main
+    process's lock there (no shared filesystem) locks and writes its own copy (`Run.writer`)."""
+    accelerator, output = run.accelerator, run.output
+    problem = None
+    if accelerator.is_main_process:
+        try:
+            run.lock = checkpoints.lock_output_dir(output)  # held until the run ends (`Run.release`) or its process
+        except RuntimeError as error:
+            problem = f"error: {error}"
+    if problem := distributed.agreed_problem(accelerator, problem):
+        raise RunStopped(problem)
+    token = distributed.from_main(accelerator, checkpoints.lock_holder(output))
+    run.writer = accelerator.is_main_process or (accelerator.is_local_main_process
+                                                 and checkpoints.lock_holder(output) != token)
+    if run.writer and not accelerator.is_main_process:
+        try:
+            run.lock = checkpoints.lock_output_dir(output)
+        except RuntimeError as error:
+            problem = f"error: {error}"
+    if problem := distributed.agreed_problem(accelerator, problem):
+        run.release()
+        raise RunStopped(problem)
+    accelerator.project_configuration.save_on_each_node = run.writer
+    if accelerator.num_processes > 1:
+        machines = sum(local_rank == 0 for _, local_rank, _ in run.peers)
+        logger.info("%d process(es) on %d machine(s); %s", accelerator.num_processes, machines,
+                    "one output folder" if accelerator.reduce(torch.tensor(int(run.writer)), "sum") == 1
+                    else "each machine keeps its own copy of the checkpoints")
+
+
 def record_outputs(run: Run) -> None:
-    """Add the files the run has written so far to its output folder's record (main process)."""
-    if run.accelerator.is_main_process:
+    """Add the files the run has written so far to its output folder's record (the writer processes)."""
+    if run.writer:
         run.output.mkdir(parents=True, exist_ok=True)
         checkpoints.record_outputs(run.output, RUN_OUTPUTS)
 
@@ -357,7 +473,8 @@ def load_data(run: Run) -> None:
     run.raw = raw
     try:
         with timed(run.phases, "learning_vocabulary"):
-            run.tokenizer = build_tokenizer(args, raw["train"], run.output / "tokenizer")
+            run.tokenizer = build_tokenizer(args, raw["train"], run.output / "tokenizer", run.saved_tokenizer,
+                                            run.writer)
     except (OSError, ValueError) as error:
         raise RunStopped(str(error)) from None
 
@@ -402,9 +519,22 @@ def tokenize_data(run: Run) -> None:
 def prepare_training(run: Run) -> None:
     """§5.1's token batches, §5.3's optimizer and schedule, Accelerate's preparation, and the resumed state."""
     args, accelerator = run.args, run.accelerator
+    # Every process, on every machine, prepared the same: or their batches would not be the shares of one step.
+    vocabulary = (run.tokenizer.backend_tokenizer.to_str() if hasattr(run.tokenizer, "backend_tokenizer")
+                  else repr(sorted(run.tokenizer.get_vocab().items())))
+    tokenizer = hashlib.sha256(vocabulary.encode()).hexdigest()[:16]
+    splits = {f"the {split} split (pairs, tokens)": (len(data), int(lengths(data).sum()))
+              for split, data in run.data.items()}
+    distributed.agree(accelerator, "data", {"the tokenizer": tokenizer, **splits})
+    train_lengths = lengths(run.data["train"])
+    if (over := int((train_lengths > args.max_tokens).sum())) > 0:  # a batch is never larger than --max_tokens
+        logger.warning("%d training pairs are longer than --max_tokens %d: left out of training", over,
+                       args.max_tokens)
+        run.data["train"] = run.data["train"].select(np.flatnonzero(train_lengths <= args.max_tokens))
+        train_lengths = lengths(run.data["train"])
     # §5.1: batches of about `max_tokens` tokens per process, by approximate length.
     try:
-        sampler = TokenBatchSampler(lengths(run.data["train"]), args.max_tokens, args.seed,
+        sampler = TokenBatchSampler(train_lengths, args.max_tokens, args.seed,
                                     accelerator.num_processes, accelerator.process_index,
                                     args.gradient_accumulation_steps)
     except ValueError as error:
@@ -430,8 +560,8 @@ def prepare_training(run: Run) -> None:
     if args.resume_from_checkpoint:
         try:
             state = checkpoints.resume(args.resume_from_checkpoint, run.checkpoint_root, accelerator, run.unwrapped,
-                                       run.layout)
-        except ValueError as error:
+                                       run.layout, run.writer)
+        except (ValueError, distributed.Stopped) as error:
             raise RunStopped(str(error)) from None
         run.step, run.epoch, run.batches_done = state["step"], state["epoch"], state["batches_done"]
         if accelerator.is_main_process:
@@ -458,38 +588,38 @@ def train(run: Run) -> None:
     args = run.args
     loop_started = time.time()
     run.model.train()
-    progress = tqdm(total=run.max_steps, initial=run.step, disable=not run.accelerator.is_local_main_process,
-                    desc="training")
-    window = {"tokens": 0, "seconds": 0.0, "loss": 0.0}  # since the last log
-    non_finite_steps = []  # the steps in a row whose gradient was not finite
-    while run.step < run.max_steps:
-        run.train_loader.batch_sampler.set_epoch(run.epoch, start=run.batches_done)
-        for micro_batches in groups(run.train_loader, args.gradient_accumulation_steps):
-            step_started = time.time()
-            tokens, loss, stop = train_step(run, micro_batches, non_finite_steps)
-            window["tokens"] += tokens
-            window["seconds"] += time.time() - step_started
-            window["loss"] += loss
-            progress.update(1)
-            if run.step % args.logging_steps == 0 or run.step == run.max_steps:
-                log_training(run, window, progress)
-            if (args.eval_steps and run.step % args.eval_steps == 0) or run.step == run.max_steps:
-                validate(run)
-            if run.step % args.checkpointing_steps == 0 or run.step == run.max_steps:
-                save_checkpoint(run)
-            elif stop:
-                save_checkpoint(run, interrupted=True)
-            if stop:
-                raise RunStopped(f"Stopped by SIGTERM after step {run.step}, whose checkpoint is in "
-                                 f"{run.checkpoint_root}: run the same command with --resume_from_checkpoint latest "
-                                 "to continue")
-            if run.step == run.max_steps:
-                break
-        else:  # the epoch is over
-            run.epoch, run.batches_done = run.epoch + 1, 0
-            if not args.eval_steps:
-                validate(run)
-    progress.close()
+    # The progress bar is closed (its line ended) before any message the run stops with.
+    with tqdm(total=run.max_steps, initial=run.step, disable=not run.accelerator.is_local_main_process,
+              desc="training") as progress:
+        window = {"tokens": 0, "seconds": 0.0, "loss": 0.0}  # since the last log
+        non_finite_steps = []  # the steps in a row whose gradient was not finite
+        while run.step < run.max_steps:
+            run.train_loader.batch_sampler.set_epoch(run.epoch, start=run.batches_done)
+            for micro_batches in groups(run.train_loader, args.gradient_accumulation_steps):
+                step_started = time.time()
+                tokens, loss, stop = train_step(run, micro_batches, non_finite_steps)
+                window["tokens"] += tokens
+                window["seconds"] += time.time() - step_started
+                window["loss"] += loss
+                progress.update(1)
+                if run.step % args.logging_steps == 0 or run.step == run.max_steps:
+                    log_training(run, window, progress)
+                if (args.eval_steps and run.step % args.eval_steps == 0) or run.step == run.max_steps:
+                    validate(run)
+                if run.step % args.checkpointing_steps == 0 or run.step == run.max_steps:
+                    save_checkpoint(run)
+                elif stop:
+                    save_checkpoint(run, interrupted=True)
+                if stop:
+                    raise RunStopped(f"Stopped by SIGTERM after step {run.step}, whose checkpoint is in "
+                                     f"{run.checkpoint_root}: run the same command with --resume_from_checkpoint "
+                                     "latest to continue")
+                if run.step == run.max_steps:
+                    break
+            else:  # the epoch is over
+                run.epoch, run.batches_done = run.epoch + 1, 0
+                if not args.eval_steps:
+                    validate(run)
     run.phases["training_steps"] = (time.time() - loop_started) / 60 - sum(
         run.phases[name] for name in ("checkpoints", "validation_loss", "validation_bleu"))
     run.accelerator.wait_for_everyone()
@@ -545,7 +675,8 @@ def log_training(run: Run, window: dict, progress) -> None:
                             f"guess's (ln {vocab_size} = {math.log(vocab_size):.2f})")
     tokens_per_second = window["tokens"] / window["seconds"]
     run.accelerator.log({"train_loss": train_loss, "learning_rate": run.scheduler.get_last_lr()[0],
-                         "target_tokens": window["tokens"], "target_tokens_per_second": tokens_per_second,
+                         "target_tokens": window["tokens"], "target_tokens_per_step": window["tokens"] / steps_logged,
+                         "target_tokens_per_second": tokens_per_second,
                          "epoch": run.epoch}, step=run.step)
     progress.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tokens_per_second:.0f}")
     window.update(tokens=0, seconds=0.0, loss=0.0)
@@ -581,7 +712,7 @@ def save_checkpoint(run: Run, interrupted: bool = False) -> None:
     with timed(run.phases, "checkpoints"):
         try:
             checkpoints.save_checkpoint(run.accelerator, run.checkpoint_root, run.step, state,
-                                        run.args.keep_checkpoints)
+                                        run.args.keep_checkpoints, run.writer)
         except OSError as error:
             raise RunStopped(str(error)) from None
         record_outputs(run)
@@ -600,8 +731,20 @@ def evaluate(run: Run) -> dict:
     evaluation split with beam search; returns the results."""
     args, accelerator, model = run.args, run.accelerator, run.unwrapped
     started = time.time()
-    usable = checkpoints.usable_checkpoints(run.checkpoint_root)[: args.average_checkpoints]
-    checkpoints.load_average(model, usable)
+    # The main process averages its checkpoints and gives every process the result: all evaluate the model it saves.
+    usable, problem = [], None
+    if accelerator.is_main_process:
+        usable = checkpoints.usable_checkpoints(run.checkpoint_root)[: args.average_checkpoints]
+        try:
+            checkpoints.load_average(model, usable)
+        except (OSError, ValueError) as error:
+            problem = f"error: averaging the checkpoints in {run.checkpoint_root}: {error}"
+    if problem := distributed.agreed_problem(accelerator, problem):
+        raise RunStopped(problem)
+    if accelerator.num_processes > 1:
+        usable = distributed.from_main(accelerator, usable)
+        for tensor in model.state_dict().values():
+            torch.distributed.broadcast(tensor, src=0)
     model.eval()
     results = {"train_minutes": round((started - run.started) / 60, 1), "train_steps": run.step,
                "train_epochs": round(run.step / run.steps_per_epoch, 1), "averaged_checkpoints": len(usable)}
@@ -679,7 +822,7 @@ def save(run: Run, results: dict) -> None:
         logger.info("Saved the Hub-ready model to %s (%.1f minutes in all: %s)", folder,
                     (time.time() - run.started) / 60,
                     ", ".join(f"{name} {minutes:.2f}" for name, minutes in run.phases.items()))
-    accelerator.wait_for_everyone()
+    distributed.wait_for_all(accelerator, "saved")  # however long the main process takes to save
     accelerator.end_training()
     record_outputs(run)
 
