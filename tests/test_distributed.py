@@ -16,54 +16,64 @@ SLOW_PREPARATION = """import sys, time
 sys.path.insert(0, {root!r})
 from training import train
 load_data = train.load_data
-def slow(run):  # the local main process prepares for longer than --ddp_timeout
+def slow(run):  # the local main process prepares for longer
     if run.accelerator.is_local_main_process:
-        time.sleep(10)
+        time.sleep({seconds})
     load_data(run)
 train.load_data = slow
 train.cli()
 """
 
 
-def test_a_preparation_longer_than_ddp_timeout_does_not_time_out_a_launch(tmp_path):
-    shim = tmp_path / "slow_train.py"
-    shim.write_text(SLOW_PREPARATION.format(root=str(ROOT)))
-    command = train_command(tmp_path / "run", "--ddp_timeout", "3", "--max_steps", "6", "--checkpointing_steps", "3",
-                            "--eval_bleu_samples", "0", processes=2)
-    module = command.index("-m", command.index("--main_process_port"))
-    command[module : module + 2] = [str(shim)]
-    result = subprocess.run(command, cwd=ROOT, env=environment(tmp_path) | {"ACCELERATE_USE_CPU": "true"},
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
-
-
-def launch(tmp_path, output, *args) -> subprocess.Popen:
-    """Two processes over gloo, in the background, their stderr piped."""
-    return subprocess.Popen(train_command(output, *args, processes=2), cwd=ROOT,
-                            env=environment(tmp_path) | {"ACCELERATE_USE_CPU": "true"},
+def launch(tmp_path, output, *args, preparation_seconds: int = 0) -> subprocess.Popen:
+    """Two processes over gloo, in the background, their stderr piped; the local main process's preparation
+    `preparation_seconds` longer."""
+    command = train_command(output, *args, processes=2)
+    if preparation_seconds:
+        shim = tmp_path / "slow_train.py"
+        shim.write_text(SLOW_PREPARATION.format(root=str(ROOT), seconds=preparation_seconds))
+        module = command.index("-m", command.index("--main_process_port"))
+        command[module : module + 2] = [str(shim)]
+    return subprocess.Popen(command, cwd=ROOT, env=environment(tmp_path) | {"ACCELERATE_USE_CPU": "true"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
+def test_a_preparation_longer_than_ddp_timeout_does_not_time_out_a_launch(tmp_path):
+    launcher = launch(tmp_path, tmp_path / "run", "--ddp_timeout", "3", "--max_steps", "6", "--checkpointing_steps",
+                      "3", "--eval_bleu_samples", "0", preparation_seconds=10)
+    stderr = launcher.communicate(timeout=600)[1]
+    assert launcher.returncode == 0, stderr[-3000:]
+    assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
+
+
+def processes_of(launcher, output) -> dict:
+    """The pids of the launcher ("launcher") and its processes ("rank0", "rank1")."""
+    deadline = time.time() + 120
+    while True:
+        ranks = {"launcher": launcher.pid}
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/environ") as file:
+                    environ = dict(item.split("=", 1) for item in file.read().split("\0") if "=" in item)
+                with open(f"/proc/{pid}/cmdline") as file:
+                    cmdline = file.read()
+            except OSError:
+                continue
+            if environ.get("TORCHELASTIC_RUN_ID") and str(output) in cmdline:
+                ranks["rank" + environ["RANK"]] = int(pid)
+        if set(ranks) == {"launcher", "rank0", "rank1"}:
+            return ranks
+        assert time.time() < deadline and launcher.poll() is None, ranks
+        time.sleep(0.1)
+
+
 def ranks_once_checkpointed(launcher, output, step: int = 20) -> dict:
-    """The pids of the launcher ("launcher") and its processes ("rank0", "rank1"), once checkpoint `step` is written."""
+    """`processes_of` the launch, once checkpoint `step` is written."""
     deadline = time.time() + 300
     while not (output / "checkpoints" / f"step-{step:08d}").is_dir() and launcher.poll() is None:
         assert time.time() < deadline
         time.sleep(0.1)
-    ranks = {"launcher": launcher.pid}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/environ") as file:
-                environ = dict(item.split("=", 1) for item in file.read().split("\0") if "=" in item)
-            with open(f"/proc/{pid}/cmdline") as file:
-                cmdline = file.read()
-        except OSError:
-            continue
-        if environ.get("TORCHELASTIC_RUN_ID") and str(output) in cmdline:
-            ranks["rank" + environ["RANK"]] = int(pid)
-    assert set(ranks) == {"launcher", "rank0", "rank1"}, ranks
-    return ranks
+    return processes_of(launcher, output)
 
 
 FAULT_RUN = ["--max_steps", "400", "--checkpointing_steps", "10", "--eval_bleu_samples", "0", "--ddp_timeout", "30"]
@@ -97,6 +107,27 @@ def test_a_lost_or_stopped_process_ends_the_others_with_one_message_and_the_run_
     result = train(tmp_path, output, *FAULT_RUN[:1], "40", *FAULT_RUN[2:], "--resume_from_checkpoint", "latest",
                    processes=2)
     assert "Resumed from" in result.stderr and (output / "model" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("target", ["rank0", "rank1"])
+def test_a_process_lost_while_the_data_is_prepared_ends_the_launch_at_once_with_one_message(tmp_path, target):
+    """The process preparing (rank 0) or one waiting for it (rank 1): the other stops within seconds, not after the
+    preparation nor the launcher's 30 s grace, and says which process ended."""
+    output = tmp_path / "run"
+    launcher = launch(tmp_path, output, "--max_steps", "6", preparation_seconds=60)
+    ranks = processes_of(launcher, output)
+    while not (output / ".run-outputs.json").is_file():  # the end of `start`: both go on to the preparation
+        assert launcher.poll() is None
+        time.sleep(0.1)
+    time.sleep(1)
+    killed = time.time()
+    os.kill(ranks[target], signal.SIGKILL)
+    stderr = launcher.communicate(timeout=120)[1]
+    assert time.time() - killed < 20
+    messages = [line for line in stderr.splitlines() if "Stopped by" in line or "lost the other" in line]
+    assert len(messages) == 1, stderr[-3000:]
+    assert messages[0].startswith(f"rank {target[-1]} (pid {ranks[target]}) ended: Stopped by SIGTERM while ")
+    assert not (output / "checkpoints").exists()
 
 
 def test_a_hung_process_ends_the_others_after_ddp_timeout_with_one_message(tmp_path):

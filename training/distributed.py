@@ -123,14 +123,19 @@ def is_communication_failure(error: BaseException) -> bool:
 def lost_processes(peers: list, error: BaseException, ddp_timeout: int) -> str:
     """Which processes were lost, as far as this machine can tell: those of its own that ended, else the kind of
     failure the error shows."""
-    here = socket.gethostname()
-    gone = [f"rank {rank} (pid {pid})" for rank, (machine, _, pid) in enumerate(peers)
-            if machine == here and pid != os.getpid() and not alive(pid)]
-    if gone:
-        return f"{', '.join(gone)} ended"
+    if gone := ended(peers):
+        return gone
     if "timed out" in str(error).lower() or "timeout" in str(error).lower():
         return f"a process did not answer for --ddp_timeout {ddp_timeout} s (it hung, or its machine is unreachable)"
     return "a process on another machine ended or cannot be reached"
+
+
+def ended(peers: list) -> str | None:
+    """The processes of this machine that ended ("rank 1 (pid 123) ended"), or None."""
+    here = socket.gethostname()
+    gone = [f"rank {rank} (pid {pid})" for rank, (machine, _, pid) in enumerate(peers)
+            if machine == here and pid != os.getpid() and not alive(pid)]
+    return f"{', '.join(gone)} ended" if gone else None
 
 
 def alive(pid: int) -> bool:

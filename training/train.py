@@ -266,7 +266,7 @@ def cli(argv=None) -> None:
     """The command line: SIGTERM (what schedulers and spot instances send before they kill) ends the run after the
     current step, with a checkpoint to resume from; a run that cannot go on exits with its message, given once
     for all its processes (by the first to stop; the others exit silently with status 1)."""
-    signal.signal(signal.SIGTERM, lambda signum, frame: STOP_REQUESTED.set())
+    signal.signal(signal.SIGTERM, request_stop)
     try:
         main(argv)
     except RunStopped as error:
@@ -278,6 +278,31 @@ def cli(argv=None) -> None:
         raise
 
 
+def request_stop(signum, frame) -> None:
+    """SIGTERM during training: the run stops after the current step, with a checkpoint there."""
+    STOP_REQUESTED.set()
+
+
+@contextmanager
+def stopped_at_once_by_sigterm(what: str):
+    """Where the command line's `request_stop` handles SIGTERM, in this block it stops the run at once: nothing in
+    it would be lost (a preparation keeps what it cached), and a launcher gives its processes 30 s before it kills."""
+    def stop(signum=None, frame=None):
+        raise distributed.Stopped(f"Stopped by SIGTERM while {what}: what was cached stays; run the same command again "
+                                  "to go on")
+
+    if signal.getsignal(signal.SIGTERM) is not request_stop:
+        yield
+        return
+    if STOP_REQUESTED.is_set():
+        stop()
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, request_stop)
+
+
 @contextmanager
 def local_main_process_first(run: Run):
     """The block (the data's preparation) runs in the local main process of each machine, which caches what it
@@ -286,7 +311,7 @@ def local_main_process_first(run: Run):
     accelerator = run.accelerator
     if not accelerator.is_local_main_process:
         distributed.wait_for_all(accelerator, "prepared", STOP_REQUESTED)
-    with data_cache_failures():
+    with data_cache_failures(), stopped_at_once_by_sigterm("preparing the data"):
         yield
     if accelerator.is_local_main_process:
         distributed.wait_for_all(accelerator, "prepared", STOP_REQUESTED)
@@ -300,8 +325,9 @@ def one_report(run: Run):
     try:
         yield
     except Exception as error:
-        if isinstance(error, distributed.Stopped):
-            error = RunStopped(str(error))
+        if isinstance(error, distributed.Stopped):  # the launcher's SIGTERM follows a process that ended
+            gone = distributed.ended(run.peers)
+            error = RunStopped(f"{gone}: {error}" if gone else str(error))
         elif run.accelerator.num_processes > 1 and distributed.is_communication_failure(error):
             error = RunStopped(lost_contact(run, error))
         with contextlib.suppress(RuntimeError):  # the store may be gone with the machine that held it
