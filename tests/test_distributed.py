@@ -1,5 +1,5 @@
 """Several processes on gloo: a preparation longer than `--ddp_timeout`; lost, stopped and hung processes; two
-machines without a shared filesystem; sharded training refused."""
+machines without a shared filesystem, with the same data or not; sharded training refused."""
 
 import json
 import os
@@ -11,6 +11,8 @@ import time
 import pytest
 from conftest import ROOT
 from test_training_runs import environment, train, train_command
+
+from training.data import load_translation_dataset
 
 SLOW_PREPARATION = """import sys, time
 sys.path.insert(0, {root!r})
@@ -190,6 +192,21 @@ def test_two_machines_without_a_shared_filesystem_each_prepare_keep_checkpoints_
     assert (tmp_path / "machine1" / "run" / "checkpoints" / "step-00000030").is_dir()
     assert json.loads((tmp_path / "machine0" / "run" / "model" / "training_results.json").read_text())[
         "train_steps"] == 30
+
+
+def test_machines_that_found_different_data_stop_before_training_with_one_message(tmp_path):
+    """Machines without a shared filesystem given different files under one name: their batches would not be the
+    shares of one step, so the run stops, naming what differs on which rank."""
+    pairs = load_translation_dataset("de", "en")["train"].select(range(800))["translation"]
+    for machine, part in ((0, pairs[:400]), (1, pairs[400:])):
+        (tmp_path / f"machine{machine}").mkdir()
+        (tmp_path / f"machine{machine}" / "train.tsv").write_text("".join(f"{p['de']}\t{p['en']}\n" for p in part))
+    main, other = two_machines(tmp_path, "--train_file", "train.tsv", "--max_steps", "2", "--eval_bleu_samples", "0")
+    assert main.returncode != 0 and other.returncode != 0
+    messages = [line for line in (main.stderr + other.stderr).splitlines() if "The processes found different" in line]
+    assert len(messages) == 1, main.stderr[-3000:] + other.stderr[-3000:]
+    assert "the tokenizer" in messages[0] and "on rank 0" in messages[0] and "on rank 1" in messages[0]
+    assert not (tmp_path / "machine0" / "run" / "checkpoints").exists()
 
 
 def test_sharded_training_and_processes_that_each_train_alone_are_refused(tmp_path):
