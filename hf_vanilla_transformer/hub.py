@@ -17,11 +17,14 @@ import sys
 from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, HfApi
+from huggingface_hub import errors as hub_errors
+from huggingface_hub.utils import validate_repo_id
 
 from .ctranslate2_backend import export_ctranslate2
 from .decoding import EXTRA_OUTPUT_TOKENS, LENGTH_PENALTY, NUM_BEAMS
+from .loading import sha256_file
 from .onnx_backend import FOLDER as ONNX_FOLDER
-from .onnx_backend import ONNX_FILES, export_onnx, usage
+from .onnx_backend import ONNX_FILES, check_export, export_onnx, usage
 from .pipeline_vanilla_transformer import TranslationPipeline
 from .tokenization import record_tokenizer
 
@@ -32,15 +35,15 @@ RESULTS_NAME = "training_results.json"
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", RESULTS_NAME)
 CTRANSLATE2_FOLDER = "ctranslate2"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+CTRANSLATE2_FILES = tuple(f"{CTRANSLATE2_FOLDER}/{name}" for name in (
+    "model.bin", "config.json", "shared_vocabulary.json", *TOKENIZER_FILES, "generation_config.json", "README.md"))
 # What `save_for_hub` and a training run write: `push` uploads these and nothing else.
 UPLOADED_FILES = (*REQUIRED_FILES, *TOKENIZER_FILES, "README.md", "generation_config.json",
                   "configuration_vanilla_transformer.py", "modeling_vanilla_transformer.py",
                   "pipeline_vanilla_transformer.py", "tokenization.py", "kernels.py", "decoding.py",
-                  "learning_curve.png", "attention.png",
-                  *(f"{CTRANSLATE2_FOLDER}/{name}" for name in (
-                      "model.bin", "config.json", "shared_vocabulary.json", *TOKENIZER_FILES, "generation_config.json",
-                      "README.md")),
-                  *ONNX_FILES)
+                  "learning_curve.png", "attention.png", *CTRANSLATE2_FILES, *ONNX_FILES)
+# A Hub out of reach, offline, refusing or failing: the HTTP library's errors (httpx; httpx2 from huggingface_hub 2).
+HUB_UNREACHABLE = (hub_errors.HTTPError, hub_errors.OfflineModeIsEnabled)
 CTRANSLATE2_USAGE = """The folder `{folder}/` holds the model exported to [CTranslate2](https://github.com/OpenNMT/CTranslate2)
 (weights `{quantization}`), several times faster than `generate` on CPUs; its README says how to use it, e.g.
 `python -m hf_vanilla_transformer.translate --model {folder} --backend ctranslate2 "{example}"`.
@@ -110,7 +113,18 @@ def save_for_hub(folder: str | Path, model, tokenizer, results: dict,
     record_tokenizer(model.config, tokenizer)
     tokenizer = copy.deepcopy(tokenizer)  # saved with the model's length limit; the caller's keeps its own
     tokenizer.model_max_length = model.config.max_position_embeddings  # `truncation=True` cuts to what the model takes
+    weights = folder / "model.safetensors"
+    replaced = sha256_file(weights) if weights.is_file() else None
     TranslationPipeline(model=model, tokenizer=tokenizer).save_pretrained(folder)
+    if sha256_file(weights) != replaced:  # an export of other weights, not made again below, is not left beside these
+        made_again = {**dict.fromkeys(CTRANSLATE2_FILES, ctranslate2_quantization is not None),
+                      **dict.fromkeys(ONNX_FILES, onnx)}
+        stale = [name for name, made in made_again.items() if not made and (folder / name).is_file()]
+        for name in stale:
+            (folder / name).unlink()
+        if stale:
+            logger.warning("%s: removed %s, exported from the weights this save replaced (export them again: "
+                           "--export_ctranslate2 / --export_onnx)", folder, ", ".join(stale))
     values = {**model_card_values(model), "model_name": folder.name, **results}
     if ctranslate2_quantization is not None:
         export_ctranslate2(folder, folder / CTRANSLATE2_FOLDER, ctranslate2_quantization, force=True)
@@ -160,8 +174,11 @@ def push(folder: str | Path, repo_id: str, private: bool = False, dry_run: bool 
 
     Returns the uploaded file list, the card and the folder's entries left behind; with `dry_run`, only computes them.
     """
+    validate_repo_id(repo_id)  # a dry run checks the name too
     folder = Path(folder)
     files, left_out = files_to_upload(folder)
+    if set(files) & set(ONNX_FILES):  # what transformers.js users and the page run must be of these weights
+        check_export(folder)
     values = json.loads((folder / RESULTS_NAME).read_text())
     try:
         card = render_model_card({**values, "model_name": repo_id.split("/")[-1], "repo_id": repo_id})
@@ -170,11 +187,17 @@ def push(folder: str | Path, repo_id: str, private: bool = False, dry_run: bool 
                          "evaluate the model first") from None
     if not dry_run:
         api = HfApi(token=token)
-        api.create_repo(repo_id, private=private, exist_ok=True)
         operations = [CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode())]
         operations += [CommitOperationAdd(path_in_repo=f, path_or_fileobj=str(folder / f))
                        for f in files if f != "README.md"]
-        api.create_commit(repo_id, operations, commit_message=f"Upload {repo_id.split('/')[-1]}")
+        try:
+            api.create_repo(repo_id, private=private, exist_ok=True)
+            api.create_commit(repo_id, operations, commit_message=f"Upload {repo_id.split('/')[-1]}")
+        except HUB_UNREACHABLE as error:
+            reason = (str(error).splitlines() or [""])[0] or type(error).__name__
+            raise ConnectionError(f"could not upload to {repo_id} at {api.endpoint} ({reason}): the upload is one "
+                                  "commit, and none was made; check the network, HF_ENDPOINT, HF_HUB_OFFLINE and "
+                                  "`hf auth login`") from None
     return files, card, left_out
 
 
@@ -191,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         files, card, left_out = push(args.model, args.repo_id, args.private, args.dry_run, args.token)
-    except (OSError, ValueError) as error:
+    except (ImportError, OSError, ValueError) as error:
         parser.exit(2, f"hub push: {error}\n")
     if left_out:
         print(f"Not uploaded (not files this package writes): {', '.join(left_out)}", file=sys.stderr)

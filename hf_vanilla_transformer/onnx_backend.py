@@ -304,11 +304,11 @@ def export_onnx(model_dir: str | Path, output_dir: str | Path | None = None, qua
     model.set_attn_implementation("eager")  # the attention weights are among the graphs' outputs
     output_dir = Path(model_dir if output_dir is None else output_dir)
     folder = output_dir / FOLDER
-    files = [folder / f"{graph}{VARIANTS[variant]}.onnx" for graph in (ENCODER, DECODER)
-             for variant in (("float32", "int8") if quantize else ("float32",))]
-    existing = [path for path in files if path.exists()]
+    existing = [output_dir / name for name in ONNX_FILES if (output_dir / name).exists()]
     if existing and not force:
         raise FileExistsError(f"{existing[0]} exists: pass --force to replace the ONNX files")
+    for path in existing:  # an earlier export's files, the int8 ones too where this one has none: never mixed
+        path.unlink()
     folder.mkdir(parents=True, exist_ok=True)  # before the minutes of tracing: an unusable folder stops it now
     graphs = export_graphs(model.float())
     variants = {"float32": graphs} | ({"int8": [quantized(graph) for graph in graphs]} if quantize else {})
@@ -322,6 +322,42 @@ def export_onnx(model_dir: str | Path, output_dir: str | Path | None = None, qua
         model.generation_config.save_pretrained(output_dir)
         tokenizer.save_pretrained(output_dir)
     return output_dir
+
+
+def exported_from(path: Path) -> str | None:
+    """The SHA-256 of the weights the graph at `path` was exported from, as its metadata records it (None: none
+    recorded, as for an export of a Hub repository)."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        graph = onnx.load(str(path), load_external_data=False)
+    except DecodeError as error:
+        raise OSError(f"{path} is damaged or cut short ({error}): export the model again") from None
+    return {entry.key: entry.value for entry in graph.metadata_props}.get(WEIGHTS_KEY)
+
+
+def check_export(folder: str | Path) -> None:
+    """Raise `ValueError` where the ONNX files in `folder`/onnx/ (float32 and int8, encoder and decoder) were not all
+    exported from the folder's model.safetensors, or, without one, not all in one export: an encoder and a decoder
+    of two exports, or weights saved after the export, translate wrongly without an error. Needs `onnx`."""
+    folder = Path(folder)
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise ImportError(f"checking {folder / FOLDER} needs onnx: {INSTALL_HINT}") from None
+    graphs = {name: exported_from(folder / name) for name in ONNX_FILES if (folder / name).is_file()}
+    weights = folder / "model.safetensors"
+    if weights.is_file():
+        expected = sha256_file(weights)
+        stale = [name for name, origin in graphs.items() if origin != expected]
+        problem = f"exported from other weights than {weights}"
+    else:
+        stale = sorted(graphs) if len(set(graphs.values())) > 1 else []
+        problem = "of different exports"
+    if stale:
+        raise ValueError(f"{', '.join(stale)} in {folder} are {problem}: export the model again (python -m "
+                         f"hf_vanilla_transformer.onnx_backend --model {folder} --force)")
 
 
 def save_atomically(graph, path: Path) -> None:
@@ -395,11 +431,7 @@ class ONNXModel(PreTrainedModel, PaperDecoding, GenerationMixin):
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads or 1  # one beat two on 2 cores: benchmarks/README.md
         sessions = {graph: open_session(onnxruntime, path, options) for graph, path in paths.items()}
-        exported_from = sessions[ENCODER].get_modelmeta().custom_metadata_map.get(WEIGHTS_KEY)
-        if exported_from and (folder / "model.safetensors").is_file() and (
-                exported_from != sha256_file(folder / "model.safetensors")):
-            raise ValueError(f"{folder / FOLDER} was exported from other weights than {folder / 'model.safetensors'}"
-                             ": export the model again (python -m hf_vanilla_transformer.onnx_backend --force)")
+        check_export(folder)
         self.encoder = ONNXEncoder(sessions[ENCODER])
         self.decoder_session = sessions[DECODER]
         self.empty_past = {value.name: value.shape for value in self.decoder_session.get_inputs()

@@ -2,8 +2,10 @@
 positions); clear errors for what it cannot express; the CLI round trip. Skipped, with the reason, where
 `ctranslate2` is not installed."""
 
+import shutil
 
 import pytest
+import torch
 from conftest import assert_each_sentence_keeps_its_own_limit, briefly_trained, read_multi30k, run_module, tiny_config
 from test_ecosystem import RESULTS
 
@@ -81,3 +83,15 @@ def test_each_sentence_keeps_its_own_length_limit_in_a_batch(tmp_path, tokenizer
         return load_translator(str(export_ctranslate2(tmp_path / "model", tmp_path / "ct2")), "cpu", "ctranslate2")[0]
 
     assert_each_sentence_keeps_its_own_limit(tokenizer, exported)
+
+
+def test_weights_saved_over_an_export_take_the_stale_ctranslate2_files_away(exported, tmp_path, caplog):
+    """Other weights saved into the folder without --export_ctranslate2: the old conversion is removed, said."""
+    folder = tmp_path / "model"
+    shutil.copytree(exported, folder)
+    model, tokenizer = load_translator(str(folder), device="cpu")
+    torch.manual_seed(1)
+    with caplog.at_level("WARNING"):
+        hub.save_for_hub(folder, VanillaTransformerForConditionalGeneration(model.config), tokenizer, RESULTS)
+    assert not (folder / "ctranslate2" / "model.bin").exists() and "removed ctranslate2/model.bin" in caplog.text
+    assert not any(name.startswith("ctranslate2/") for name in hub.files_to_upload(folder)[0])

@@ -6,11 +6,14 @@ command lines refuse what they cannot do. Skipped, with the reason, where the [o
 import json
 import re
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 from conftest import (
+    ROOT,
     assert_each_sentence_keeps_its_own_limit,
     briefly_trained,
     read_multi30k,
@@ -238,3 +241,57 @@ def test_damaged_or_mismatched_files_are_named(exported, tmp_path):
     (other / "config.json").write_text(json.dumps({**config, "decoder_layers": config["decoder_layers"] + 1}))
     with pytest.raises(ValueError, match="config.json says 3: they come from different models"):
         load_translator(str(other), backend="onnx")
+
+
+def with_origin(graph_path, origin: str) -> None:
+    """What a graph of another export looks like: the same shape, another recorded origin."""
+    graph = onnx.load(str(graph_path))
+    onnx.helper.set_model_props(graph, {"model.safetensors sha256": origin})
+    onnx.save(graph, str(graph_path))
+
+
+@pytest.mark.parametrize("mixed", [f"{FOLDER}/{DECODER}.onnx", f"{FOLDER}/{ENCODER}_quantized.onnx"])
+def test_a_graph_of_another_export_is_refused_wherever_the_export_is_used(exported, tmp_path, mixed):
+    """A decoder of an earlier export beside a new encoder decoded garbage; an int8 graph was never checked. The
+    backend (whichever variant it opens), hub push and the page server all refuse, naming the file."""
+    folder = tmp_path / "model"
+    shutil.copytree(exported[0], folder)
+    with_origin(folder / mixed, "0" * 64)
+    with pytest.raises(ValueError, match=f"{mixed} in {folder} are exported from other weights.*--force"):
+        load_translator(str(folder), backend="onnx")
+    with pytest.raises(ValueError, match=re.escape(mixed)):
+        hub.push(folder, "someone/model", dry_run=True)
+    result = run_module("hf_vanilla_transformer.hub", "push", "--model", folder, "--repo_id", "someone/model",
+                        "--dry_run")
+    assert result.returncode == 2 and "Traceback" not in result.stderr and mixed in result.stderr
+    served = subprocess.run([sys.executable, str(ROOT / "web" / "serve.py"), "--model", str(folder), "--port", "0"],
+                            capture_output=True, text=True, timeout=120)  # refused before it listens
+    assert served.returncode == 1 and "Traceback" not in served.stderr and mixed in served.stderr, served.stderr
+
+
+def test_weights_saved_over_an_export_take_the_stale_files_away_and_say_so(exported, tmp_path, caplog):
+    """Saving other weights into a folder with onnx/ (a resumed or repeated run without --export_onnx) removes the
+    export it made stale, rather than publishing it; the same weights keep it."""
+    folder, model = exported
+    copy = tmp_path / "model"
+    shutil.copytree(folder, copy)
+    tokenizer = load_translator(str(copy), "cpu")[1]
+    hub.save_for_hub(copy, model, tokenizer, RESULTS)  # the same weights: the export stays valid
+    assert all((copy / name).is_file() for name in ONNX_FILES)
+    torch.manual_seed(1)
+    with caplog.at_level("WARNING"):
+        hub.save_for_hub(copy, VanillaTransformerForConditionalGeneration(model.config), tokenizer, RESULTS)
+    assert not any((copy / name).exists() for name in ONNX_FILES)
+    assert "removed onnx/encoder_model.onnx" in caplog.text and "exported from the weights this save replaced" in (
+        caplog.text)
+    assert not set(ONNX_FILES) & set(hub.files_to_upload(copy)[0])
+
+
+def test_a_float32_export_over_one_with_int8_leaves_no_int8_graph_of_the_old_weights(exported, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(exported[0], folder)
+    torch.manual_seed(1)
+    VanillaTransformerForConditionalGeneration(exported[1].config).save_pretrained(folder)
+    export_onnx(folder, quantize=False, force=True)
+    assert not (folder / FOLDER / f"{ENCODER}_quantized.onnx").exists()
+    load_translator(str(folder), backend="onnx")  # every graph left is of these weights
