@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, read_multi30k, run_module, tiny_config
+from conftest import ROOT, read_multi30k, run_module, run_python, tiny_config
 from safetensors.torch import load_file
 from test_ecosystem import RESULTS
 from test_training_runs import train, train_command, train_in_process
@@ -266,3 +266,125 @@ def test_the_saved_tokenizer_carries_the_models_length_limit(saved):
     assert json.loads((saved / "tokenizer_config.json").read_text())["model_max_length"] == 128
     translator = pipeline("translation", model=str(saved), trust_remote_code=True)
     assert translator("Ein Hund läuft über die Wiese. " * 60, truncation=True, num_beams=1, max_new_tokens=4)
+
+
+def request(port: int, path: str) -> int:
+    """The status the server answers `GET path` with (sent raw: http.client refuses control characters)."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(f"GET {path} HTTP/1.0\r\n\r\n".encode("latin-1"))
+        answer = connection.makefile("rb").readline()
+    return int(answer.split()[1])
+
+
+def test_the_page_server_serves_the_page_and_the_model_and_nothing_else(saved):
+    """No folder listings, no server or test source, no hidden files, no way out of the model folder; a NUL byte
+    gets 400 (it used to drop the connection with a ValueError in the server)."""
+    import functools
+    import http.server
+    import threading
+
+    sys.path.insert(0, str(ROOT / "web"))
+    from serve import Handler
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, model=saved.resolve()))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_port
+        for path in ("/", "/index.html", "/app.js", "/translator.js", "/model/config.json", "/model/tokenizer.json"):
+            assert request(port, path) == 200, path
+        for path in ("/serve.py", "/test/drive.mjs", "/package.json", "/node_modules/", "/model/", "/.git/config",
+                     "/model/../serve.py", "/model/%2e%2e/serve.py", "/model/..%2f..%2fREADME.md", "/web/serve.py"):
+            assert request(port, path) == 404, path
+        for path in ("/%00", "/model/config.json%00.png", "/app.js\x00"):
+            assert request(port, path) == 400, path
+    finally:
+        server.shutdown()
+
+
+def test_the_page_server_names_a_bad_port_or_one_in_use(saved, tmp_path):
+    import socket
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for path in saved.iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    (folder / "onnx").mkdir()
+    (folder / "onnx" / "encoder_model.onnx").write_bytes(b"")  # what the command looks for first
+    serve = [sys.executable, str(ROOT / "web" / "serve.py"), "--model", str(folder)]
+    for port in ("70000", "-1", "http"):
+        result = subprocess.run([*serve, "--port", port], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2 and f"{port!r} is not a port: give 0 to 65535" in result.stderr
+    (folder / "onnx" / "encoder_model.onnx").unlink()
+    (folder / "onnx").rmdir()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        sys.path.insert(0, str(ROOT / "web"))
+        from serve import serve as start_server
+
+        with pytest.raises(SystemExit, match=f"port {taken.getsockname()[1]} on 127.0.0.1 cannot be used .*--port"):
+            start_server(folder, taken.getsockname()[1])
+
+
+def test_hub_push_names_a_bad_repository_id_and_a_hub_out_of_reach(saved, monkeypatch):
+    result = run_module("hf_vanilla_transformer.hub", "push", "--model", saved, "--repo_id", "bad repo id!!",
+                        "--dry_run")  # checked in a dry run too, not only by the Hub
+    assert_one_clear_line(result, "hub push: Repo id must use alphanumeric chars")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", "http://127.0.0.1:9")  # nothing listens
+    result = run_module("hf_vanilla_transformer.hub", "push", "--model", saved, "--repo_id", "someone/model",
+                        "--token", "hf_not_a_token")
+    assert_one_clear_line(result, "hub push: could not upload to someone/model at http://127.0.0.1:9",
+                          "none was made; check the network")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    result = run_module("hf_vanilla_transformer.hub", "push", "--model", saved, "--repo_id", "someone/model",
+                        "--token", "hf_not_a_token")
+    assert_one_clear_line(result, "hub push: could not upload to someone/model", "offline mode is enabled")
+
+
+def test_a_finished_run_resumed_with_fewer_steps_is_refused_and_with_as_many_says_so(tmp_path):
+    """It used to "train" nothing and save the model of the later step as if of the fewer, without a word."""
+    output = tmp_path / "run"
+    args = ["--eval_bleu_samples", "0", "--checkpointing_steps", "5"]
+    train(tmp_path, output, "--max_steps", "10", *args)
+    result = train(tmp_path, output, "--max_steps", "6", *args, "--resume_from_checkpoint", "latest", check=False)
+    assert_one_clear_line(result, "the checkpoint resumed is of step 10, past this run's last step 6",
+                          "--max_steps 10 or more")
+    assert (output / "checkpoints" / "step-00000010").is_dir()  # nothing set aside
+    result = train(tmp_path, output, "--max_steps", "10", *args, "--resume_from_checkpoint", "latest")
+    assert "at step 10, --max_steps already: nothing to train" in result.stderr
+
+
+def test_validation_or_test_data_that_is_the_training_data_is_refused(tmp_path):
+    """Scored on its own training pairs, a model's card would call them validation or test results."""
+    pairs = read_multi30k("train", "de", 200), read_multi30k("train", "en", 200)
+    (tmp_path / "train.tsv").write_text("".join(f"{de}\t{en}\n" for de, en in zip(*pairs)))
+    (tmp_path / "copy.tsv").write_bytes((tmp_path / "train.tsv").read_bytes())  # the same pairs under another name
+    for flag, path in (("--validation_file", "train.tsv"), ("--test_file", "copy.tsv")):
+        result = train(tmp_path, tmp_path / "run", "--train_file", str(tmp_path / "train.tsv"), flag,
+                       str(tmp_path / path), "--max_steps", "2", check=False)
+        assert_one_clear_line(result, f"{flag} {tmp_path / path} holds the same pairs as --train_file",
+                              "pass held-out pairs")
+    assert not (tmp_path / "run" / "model").exists()
+
+
+def test_the_tokenizer_loads_without_the_package_as_the_readme_says(saved, tmp_path):
+    """With trust_remote_code=True, or PreTrainedTokenizerFast, without a word; refused remote code gives the same
+    tokenizer, with transformers' own warning about the config's model type (the README says so)."""
+    code = ("from transformers import AutoTokenizer, PreTrainedTokenizerFast\n"
+            f"folder = {str(saved)!r}\n"
+            "loaded = [AutoTokenizer.from_pretrained(folder, trust_remote_code=True),\n"
+            "          PreTrainedTokenizerFast.from_pretrained(folder)]\n"
+            "import sys; print('REFUSED:', file=sys.stderr, flush=True)\n"
+            "loaded.append(AutoTokenizer.from_pretrained(folder, trust_remote_code=False))\n"
+            "print([t('Ein Hund läuft.')['input_ids'] for t in loaded])\n")
+    result = run_python(code, tmp_path, block_package=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ids = json.loads(result.stdout.strip().splitlines()[-1])
+    assert ids[0] == ids[1] == ids[2]
+    quiet, refused = result.stderr.split("REFUSED:")
+    assert "vanilla_transformer" not in quiet, quiet
+    assert "model of type `vanilla_transformer` to instantiate a model of type ``" in refused

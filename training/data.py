@@ -155,14 +155,13 @@ def json_lines(lines: Iterator[tuple[int, str]], path: str) -> Iterator[tuple[in
                 raise DataError(f"{path}, line {number}: not valid JSON ({error.msg})") from None
 
 
-def load_file(path: str, source_lang: str, target_lang: str) -> Dataset:
-    """A local split, `.tsv`, `.jsonl`/`.json` or a parallel-text prefix, through the Arrow cache."""
-    if path.endswith(".tsv"):
-        pairs, paths = tsv_pairs, [Path(path)]
-    elif path.endswith((".jsonl", ".json")):
-        pairs, paths = jsonl_pairs, [Path(path)]
+def local_files(path: str, source_lang: str, target_lang: str) -> tuple:
+    """The files of a local split (`.tsv`, `.jsonl`/`.json` or a parallel-text prefix), each with the SHA-256 of its
+    bytes."""
+    if path.endswith((".tsv", ".jsonl", ".json")):
+        paths = [Path(path)]
     else:
-        pairs, paths = parallel_text_pairs, []
+        paths = []
         for lang in (source_lang, target_lang):
             candidates = [Path(f"{path}.{lang}"), Path(f"{path}.{lang}.gz")]
             found = next((p for p in candidates if p.is_file()), None)
@@ -175,7 +174,15 @@ def load_file(path: str, source_lang: str, target_lang: str) -> Dataset:
         check_not_empty(file)
     # Each file with the digest of its bytes: they key the cache, so an edited file is read again, whatever its size
     # and modification time say (`touch -r`, `cp -p` and tar keep them). A tuple: `datasets` would shard a list.
-    files = tuple((str(file), sha256_file(file)) for file in paths)
+    return tuple((str(file), sha256_file(file)) for file in paths)
+
+
+def load_file(path: str, source_lang: str, target_lang: str, files: tuple | None = None) -> Dataset:
+    """A local split, `.tsv`, `.jsonl`/`.json` or a parallel-text prefix (its `local_files`), through the Arrow
+    cache."""
+    pairs = tsv_pairs if path.endswith(".tsv") else jsonl_pairs if path.endswith((".jsonl", ".json")) else (
+        parallel_text_pairs)
+    files = files or local_files(path, source_lang, target_lang)
     try:
         features = Features({"translation": Translation([source_lang, target_lang])})
         return Dataset.from_generator(pairs, features=features,
@@ -205,10 +212,15 @@ def load_translation_dataset(
             raise DataError(f"The dataset {dataset_name!r} could not be loaded ({error}); without the network, pass "
                             "local files (--train_file ...) or load it once where the Hub is reachable") from None
     elif any(path is not None for path in (train_file, validation_file, test_file)):
-        files = {"train": train_file, "validation": validation_file, "test": test_file}
-        splits = DatasetDict(
-            {split: load_file(path, source_lang, target_lang) for split, path in files.items() if path is not None}
-        )
+        paths = {split: path for split, path in
+                 {"train": train_file, "validation": validation_file, "test": test_file}.items() if path is not None}
+        files = {split: local_files(path, source_lang, target_lang) for split, path in paths.items()}
+        for split in set(files) - {"train"}:  # what the card calls validation or test is never the training data
+            if "train" in files and [d for _, d in files[split]] == [d for _, d in files["train"]]:
+                raise DataError(f"--{split}_file {paths[split]} holds the same pairs as --train_file "
+                                f"{paths['train']}: its scores would be of the training data; pass held-out pairs")
+        splits = DatasetDict({split: load_file(path, source_lang, target_lang, files[split])
+                              for split, path in paths.items()})
     else:
         if not MULTI30K.is_dir():
             raise DataError(f"The embedded Multi30k is missing (expected in {MULTI30K}): reinstall the package, or "

@@ -590,6 +590,13 @@ def prepare_training(run: Run) -> None:
         except (ValueError, distributed.Stopped) as error:
             raise RunStopped(str(error)) from None
         run.step, run.epoch, run.batches_done = state["step"], state["epoch"], state["batches_done"]
+        if run.step > run.max_steps:  # its model is of more steps than the run would report
+            raise RunStopped(f"error: the checkpoint resumed is of step {run.step}, past this run's last step "
+                             f"{run.max_steps} (--max_steps, else --num_train_epochs): pass --max_steps {run.step} or "
+                             "more to go on from it, or an earlier checkpoint's folder to --resume_from_checkpoint")
+        if run.step == run.max_steps:
+            logger.warning("The run resumed is at step %d, --max_steps already: nothing to train; its checkpoints "
+                           "are averaged, evaluated and saved again", run.step)
         if accelerator.is_main_process:
             truncate_log(run.output / "logs" / "log.jsonl", run.step)  # the killed run's records after the checkpoint
     hparams = {**vars(args), "learning_rate": run.learning_rate, "num_processes": accelerator.num_processes,
