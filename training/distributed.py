@@ -17,6 +17,7 @@ from accelerate.utils import broadcast_object_list, gather_object, parse_flag_fr
 
 KEYS = "hf_vanilla_transformer/"  # the store's keys of this module; the store is new for each launch
 POLL_SECONDS = 0.5
+ENDING_SECONDS = 2.0  # how long a process that lost a connection looks for the process of its machine that ended
 # How `accelerate config` asks for sharded training, in the environment of the processes it launches.
 SHARDING = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "DeepSpeed",
             "ACCELERATE_USE_MEGATRON_LM": "Megatron-LM"}
@@ -122,10 +123,15 @@ def is_communication_failure(error: BaseException) -> bool:
 
 def lost_processes(peers: list, error: BaseException, ddp_timeout: int) -> str:
     """Which processes were lost, as far as this machine can tell: those of its own that ended, else the kind of
-    failure the error shows."""
-    if gone := ended(peers):
+    failure the error shows. A killed process resets its connections before the kernel marks it ended: a lost
+    connection is given `ENDING_SECONDS` to show which process it was."""
+    timed_out = any(words in str(error).lower() for words in ("timed out", "timeout"))
+    deadline = time.time() + (0 if timed_out else ENDING_SECONDS)
+    while not (gone := ended(peers)) and time.time() < deadline:
+        time.sleep(0.05)
+    if gone:
         return gone
-    if "timed out" in str(error).lower() or "timeout" in str(error).lower():
+    if timed_out:
         return f"a process did not answer for --ddp_timeout {ddp_timeout} s (it hung, or its machine is unreachable)"
     return "a process on another machine ended or cannot be reached"
 
