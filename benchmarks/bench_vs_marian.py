@@ -87,6 +87,8 @@ def timed(run_pass, args, synchronize) -> float:
 
 
 def measure(kind: str, what: str, args: argparse.Namespace, data_dir: str) -> dict:
+    from training.recipe import label_smoothed_loss
+
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -106,11 +108,10 @@ def measure(kind: str, what: str, args: argparse.Namespace, data_dir: str) -> di
             batch = {k: v.to(device) for k, v in batch.items()}
             inputs = {name: batch[name] for name in ("input_ids", "attention_mask", "decoder_input_ids")}
             with autocast:
-                if kind == "ours":  # its own label-smoothed loss (§5.4), as training.train uses it
-                    loss = model(**inputs, labels=batch["labels"]).loss
-                else:  # Marian's loss has no label smoothing: ε = 0.1 on its logits, as HF's LabelSmoother adds it
-                    logits = model(**inputs).logits
-            if kind != "ours":
+                logits = model(**inputs).logits
+                if kind == "ours":  # §5.4's label-smoothed loss, as training.train computes it
+                    loss = label_smoothed_loss(logits, batch["labels"], 0.1) / (batch["labels"] != -100).sum()
+            if kind != "ours":  # ε = 0.1 on Marian's logits, as HF's LabelSmoother adds it
                 loss = F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=-100,
                                        label_smoothing=0.1)
             loss.backward()

@@ -33,7 +33,6 @@ class VanillaTransformerConfig(PreTrainedConfig):
     dropout: float = 0.1  # P_drop on sub-layer outputs and on embedding + position sums (§5.4)
     attention_dropout: float = 0.0  # dropout on attention weights (not in the paper)
     activation_dropout: float = 0.0  # dropout inside the feed-forward network (not in the paper)
-    label_smoothing: float = 0.1  # ε_ls (§5.4)
     normalize_before: bool = False  # False: LayerNorm(x + Sublayer(x)) as in §3.1; True: pre-LN
     max_position_embeddings: int = 1024  # longest source or target sequence accepted
     # How tokens know their position: "sinusoidal" (§3.5), "learned" (Table 3, row E), "rope" (rotary queries and
@@ -54,6 +53,10 @@ class VanillaTransformerConfig(PreTrainedConfig):
     tokenizer_fingerprint: str | None = None  # of the vocabulary trained with the model (tokenization.py checks it)
 
     def __post_init__(self, **kwargs):
+        # Folders saved before 0.9 hold §5.4's ε_ls here; the model's loss is the plain cross-entropy now, as HF
+        # models return it, and label smoothing a choice of training (`training.train`, Seq2SeqTrainer's
+        # `label_smoothing_factor`): the field is read and dropped.
+        kwargs.pop("label_smoothing", None)
         self._check_hyperparameters()
         if self.init_std is None:
             self.init_std = self.d_model**-0.5
@@ -91,7 +94,7 @@ class VanillaTransformerConfig(PreTrainedConfig):
                 if self.key_dim(getattr(self, name)) % 2:
                     raise ValueError(f"`position_embedding_type` 'rope' rotates pairs of query and key features, so "
                                      f"d_k of `{name}` ({self.key_dim(getattr(self, name))}) must be even")
-        for name in ("dropout", "attention_dropout", "activation_dropout", "label_smoothing"):
+        for name in ("dropout", "attention_dropout", "activation_dropout"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"`{name}` must be in [0, 1), got {value!r}")

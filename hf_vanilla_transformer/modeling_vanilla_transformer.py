@@ -38,7 +38,7 @@ from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_vanilla_transformer import VanillaTransformerConfig
 from .decoding import PaperDecoding, set_paper_decoding
-from .kernels import Dropout, LabelSmoothedCrossEntropy
+from .kernels import Dropout
 
 # transformers 5.24 renamed the key-value cache, argument and output field alike, from `past_key_values` to `cache`.
 # The model's forwards take `cache` (and `past_key_values`, the name `generate` passes before 5.24) and return the cache
@@ -643,8 +643,10 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
     ) -> Seq2SeqLMOutput:
         r"""
         labels (`torch.LongTensor` of shape `(batch_size, target_length)`, *optional*):
-            Target token ids; -100 marks positions without loss. When `decoder_input_ids` are not given they are the
-            labels shifted right, starting with `config.decoder_start_token_id`.
+            Target token ids; -100 marks positions without loss, which is the plain cross-entropy per target token,
+            as HF models return it (§5.4's label smoothing belongs to training: `training.train`, Seq2SeqTrainer's
+            `label_smoothing_factor`). When `decoder_input_ids` are not given they are the labels shifted right,
+            starting with `config.decoder_start_token_id`.
         num_items_in_batch (`int`, *optional*):
             Divide the summed loss by this number of target tokens instead of averaging over this batch's tokens
             (gradient accumulation and data parallelism pass the count of the whole optimizer step).
@@ -672,7 +674,7 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
         loss = None
         if labels is not None:
             labels = labels.to(logits.device).flatten()
-            loss = LabelSmoothedCrossEntropy.apply(logits.flatten(0, 1), labels, self.config.label_smoothing)
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), labels, ignore_index=-100, reduction="sum")
             loss = loss / (num_items_in_batch if num_items_in_batch is not None else (labels != -100).sum())
         return Seq2SeqLMOutput(
             loss=loss,

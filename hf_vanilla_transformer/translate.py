@@ -26,10 +26,12 @@ BACKENDS = {"transformers": load_model_and_tokenizer, "ctranslate2": ctranslate2
             "onnx": onnx_backend.load}
 
 
-def translate(model, tokenizer, sentences: list[str], batch_size: int = 64, **generate_kwargs) -> list[str]:
+def translate(model, tokenizer, sentences: list[str], batch_size: int | None = 64, max_tokens: int | None = None,
+              **generate_kwargs) -> list[str]:
     """Translate `sentences` with `model.generate` (the model's generation config unless overridden; the model of
-    any backend of `load_translator`), batching sentences of similar length together; the translations come
-    back in input order.
+    any backend of `load_translator`), batching sentences of similar length together, at most `batch_size` of them
+    and, where `max_tokens` is given, at most that many source tokens a batch, padding included, times the beams;
+    the translations come back in input order.
 
     A blank sentence translates to "". A source longer than the model's `max_position_embeddings` is truncated, and
     input the vocabulary does not know (many `<unk>` tokens) is reported, both with a warning.
@@ -46,15 +48,30 @@ def translate(model, tokenizer, sentences: list[str], batch_size: int = 64, **ge
     warn_on_unknown_input(encoded.values(), tokenizer, model.config, logger)
 
     order = sorted(todo, key=lambda i: len(sentences[i]))
+    beams = generate_kwargs.get("num_beams") or model.generation_config.num_beams or 1
     translations = [""] * len(sentences)
-    for start in range(0, len(order), batch_size):
-        indices = order[start : start + batch_size]
+    for indices in batches(order, [len(encoded[i]) * beams for i in order], batch_size, max_tokens):
         batch = tokenizer.pad({"input_ids": [encoded[i] for i in indices]}, return_tensors="pt").to(model.device)
         with torch.inference_mode():
             generated = model.generate(**batch, **generate_kwargs)
         for i, text in zip(indices, tokenizer.batch_decode(generated, skip_special_tokens=True)):
             translations[i] = text
     return translations
+
+
+def batches(items: list, sizes: list[int], batch_size: int | None, max_tokens: int | None) -> list[list]:
+    """Consecutive batches of `items`, each of at most `batch_size` items and at most `max_tokens` tokens when padded
+    to its largest `sizes` (a single larger item is a batch of its own)."""
+    result, batch, longest = [], [], 0
+    for item, size in zip(items, sizes):
+        longest_with = max(longest, size)
+        if batch and ((batch_size and len(batch) == batch_size)
+                      or (max_tokens and longest_with * (len(batch) + 1) > max_tokens)):
+            result.append(batch)
+            batch, longest_with = [], size
+        batch.append(item)
+        longest = longest_with
+    return result + [batch] if batch else result
 
 
 def load_translator(name_or_path: str, device: str | None = None, backend: str = "transformers", **options):

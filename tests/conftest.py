@@ -74,15 +74,19 @@ def tiny_config(**overrides) -> VanillaTransformerConfig:
 
 
 def briefly_trained(tokenizer, pairs, **overrides):
-    """A tiny model trained for a few dozen steps: it ends sentences and ranks hypotheses, though not well."""
+    """A tiny model trained for a few dozen steps on §5.4's label-smoothed loss, as training does: it ends sentences
+    and ranks hypotheses, though not well."""
+    from training.recipe import label_smoothed_loss
+
     torch.manual_seed(0)
     model = VanillaTransformerForConditionalGeneration(tiny_config(src_lang="de", tgt_lang="en", **overrides))
     batch = tokenizer([p[0] for p in pairs[:64]], text_target=[p[1] for p in pairs[:64]], padding=True,
                       return_tensors="pt")
     batch["labels"][batch["labels"] == tokenizer.pad_token_id] = -100
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3, betas=(0.9, 0.98), eps=1e-9)
+    tokens = (batch["labels"] != -100).sum()
     for _ in range(200):
-        model(**batch).loss.backward()
+        (label_smoothed_loss(model(**batch).logits, batch["labels"], 0.1) / tokens).backward()
         optimizer.step()
         optimizer.zero_grad()
     return model.eval()

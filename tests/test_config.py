@@ -8,7 +8,7 @@ def test_defaults_are_the_base_model_of_table_3():
     config = VanillaTransformerConfig()
     assert (config.d_model, config.encoder_layers, config.decoder_layers) == (512, 6, 6)
     assert (config.encoder_attention_heads, config.encoder_ffn_dim, config.dropout) == (8, 2048, 0.1)
-    assert config.activation_function == "relu" and config.label_smoothing == 0.1
+    assert config.activation_function == "relu"
     assert not config.normalize_before and config.scale_embedding
     assert config.tie_word_embeddings and config.share_encoder_decoder_embeddings
     assert config.init_std == pytest.approx(512**-0.5)
@@ -52,7 +52,6 @@ def test_auto_config_for_model_and_round_trip(tmp_path):
         ({"vocab_size": 0}, "vocab_size"),
         ({"dropout": 1.0}, "dropout"),
         ({"attention_dropout": -0.1}, "attention_dropout"),
-        ({"label_smoothing": 1.5}, "label_smoothing"),
         ({"activation_function": "relu7"}, "activation_function"),
         ({"init_std": -1.0}, "init_std"),
         ({"vocab_size": 10, "pad_token_id": 10}, "pad_token_id"),
@@ -68,3 +67,18 @@ def test_invalid_config_json_is_rejected_on_load(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "vanilla_transformer", "d_model": 100}')
     with pytest.raises(ValueError, match="divisible"):
         AutoConfig.from_pretrained(tmp_path)
+
+
+def test_a_folder_saved_with_label_smoothing_in_its_config_loads_silently_and_drops_it(tmp_path, recwarn, caplog):
+    """Folders saved before the loss became the plain cross-entropy hold §5.4's ε_ls in config.json: read, dropped,
+    never written again, and no warning."""
+    import json
+
+    VanillaTransformerConfig.tiny().save_pretrained(tmp_path / "old")
+    path = tmp_path / "old" / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "label_smoothing": 0.1}))
+    config = VanillaTransformerConfig.from_pretrained(tmp_path / "old")
+    assert not hasattr(config, "label_smoothing") and config.d_model == 32
+    config.save_pretrained(tmp_path / "new")
+    assert "label_smoothing" not in json.loads((tmp_path / "new" / "config.json").read_text())
+    assert not recwarn.list and "label_smoothing" not in caplog.text

@@ -23,6 +23,7 @@ from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration, h
 from hf_vanilla_transformer.metrics import bleu_compute_metrics
 from hf_vanilla_transformer.translate import translate
 from training.data import load_translation_dataset, tokenize
+from training.recipe import label_smoothed_loss
 
 RESULTS = {  # what a training run records for the model card
     "train_minutes": 1.0, "train_steps": 10, "train_epochs": 0.5, "averaged_checkpoints": 2, "bleu": 12.34,
@@ -265,3 +266,26 @@ def test_finetune_script_turns_a_de_en_model_into_en_de(hub_folder, tmp_path):
     config = json.loads((output / "config.json").read_text())
     assert (config["src_lang"], config["tgt_lang"]) == ("en", "de") and "translation" in config["custom_pipelines"]
     assert (output / "pipeline_vanilla_transformer.py").is_file() and (output / "model.safetensors").is_file()
+
+
+def test_finetune_smooths_by_label_smoothing_factor_and_zero_gives_the_plain_loss(hub_folder, tmp_path, tokenizer):
+    """Seq2SeqTrainer's `label_smoothing_factor` (0.1 unless given) is the only smoothing: at 0, `eval_loss` is the
+    model's plain cross-entropy over the validation tokens."""
+    from training import finetune_trainer
+
+    folder, _ = hub_folder
+    common = ["--model_name_or_path", str(folder), "--do_eval", "--max_eval_samples", "16", "--report_to", "none",
+              "--use_cpu", "--per_device_eval_batch_size", "16"]
+    plain = finetune_trainer.main([*common, "--output_dir", str(tmp_path / "plain"), "--label_smoothing_factor", "0"])
+    smoothed = finetune_trainer.main([*common, "--output_dir", str(tmp_path / "smoothed")])
+    model = AutoModelForSeq2SeqLM.from_pretrained(folder).eval()
+    validation = tokenize(load_translation_dataset("de", "en")["validation"].select(range(16)), tokenizer, "de", "en",
+                          128).remove_columns("length")
+    batch = DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100)(list(validation))
+    with torch.no_grad():
+        output = model(**batch)
+    tokens = (batch["labels"] != -100).sum()
+    assert plain["eval_loss"] == pytest.approx(output.loss.item(), rel=1e-4)
+    expected = label_smoothed_loss(output.logits, batch["labels"], 0.1) / tokens  # §5.4's, as train.py computes it
+    assert smoothed["eval_loss"] == pytest.approx(expected.item(), rel=1e-4)
+    assert abs(smoothed["eval_loss"] - plain["eval_loss"]) > 1e-3

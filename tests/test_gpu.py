@@ -1,6 +1,9 @@
-"""GPU behaviour: half precision, SDPA/flash attention and cached decoding on CUDA. Skipped without a GPU."""
+"""GPU behaviour: half precision, SDPA/flash attention, cached decoding, and a training step that never waits for
+the GPU, on CUDA. Skipped without a GPU; failed instead where REQUIRE_GPU=1 (as `benchmarks/gpu_check.sh` sets it)."""
 
 import importlib.util
+import json
+import os
 
 import pytest
 import torch
@@ -8,6 +11,8 @@ from conftest import tiny_config
 
 from hf_vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
 
+if not torch.cuda.is_available() and os.environ.get("REQUIRE_GPU") == "1":
+    raise RuntimeError("REQUIRE_GPU=1, but torch sees no CUDA GPU (a CPU build of torch, or no driver)")
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
@@ -93,3 +98,57 @@ def test_cached_generation_matches_uncached_on_gpu():
         cached = model.generate(**kwargs, num_beams=beams, use_cache=True)
         uncached = model.generate(**kwargs, num_beams=beams, use_cache=False)
         assert (cached == uncached).float().mean().item() > 0.95  # bf16 rounding may flip a rare near-tie
+
+
+def test_training_steps_between_logs_never_wait_for_the_gpu(tokenizer, pairs, tmp_path):
+    """The step is queued without a host synchronisation (CUDA's sync debug mode raises on any), loss scaling aside;
+    its flags are read a step later, and the losses equal the plain loop's."""
+    import argparse
+    import copy
+
+    from accelerate import Accelerator
+    from transformers import BatchEncoding, DataCollatorForSeq2Seq
+
+    from training.recipe import label_smoothed_loss, paper_optimizer
+    from training.train import Run, Steps, train_step
+
+    torch.manual_seed(0)
+    accelerator = Accelerator(mixed_precision="bf16")
+    model = VanillaTransformerForConditionalGeneration(tiny_config(dropout=0.0)).cuda()
+    reference = copy.deepcopy(model)
+    optimizer, scheduler = paper_optimizer(model, warmup_steps=4, learning_rate=1e-3)
+    run = Run(argparse.Namespace(max_grad_norm=0.0, label_smoothing=0.1), accelerator, tmp_path, unwrapped=model)
+    run.model, run.optimizer, run.scheduler = accelerator.prepare(model, optimizer, scheduler)
+    collate = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
+    features = [{"input_ids": tokenizer(de)["input_ids"], "labels": tokenizer(text_target=en)["input_ids"]}
+                for de, en in pairs[:64]]
+    batches = [BatchEncoding({name: tensor.pin_memory() for name, tensor in collate(features[i : i + 16]).items()})
+               for i in range(0, 64, 16)]
+    steps = Steps()
+    first = train_step(run, batches[:1], steps)  # the first step allocates and picks its kernels
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        batch = batches[0].to("cuda")
+        tokens = (batch["labels"] != -100).sum()
+        expected = label_smoothed_loss(reference(**batch).logits, batch["labels"], 0.1) / tokens
+    torch.testing.assert_close(first, expected, rtol=1e-2, atol=1e-2)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        losses = [train_step(run, [batch], steps) for batch in batches[1:]]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert len(steps.queued) == 4
+    assert steps.settle(run, every=True) == sum(int((b["labels"] != -100).sum()) for b in batches)
+    assert torch.isfinite(torch.stack(losses)).all() and not steps.stop and not steps.non_finite
+
+
+def test_a_short_training_run_on_the_gpu_with_workers_pinned_memory_and_compile(tmp_path):
+    """The training command on the GPU with its GPU defaults (bf16, two loader workers, pinned memory) and
+    --torch_compile: it trains, validates, checkpoints and saves a model whose BLEU is reported."""
+    from test_training_runs import train
+
+    output = tmp_path / "run"
+    train(tmp_path, output, "--max_steps", "30", "--torch_compile", "--eval_steps", "30", in_process=False)
+    results = json.loads((output / "model" / "training_results.json").read_text())
+    assert results["mixed_precision"] == "bf16" and torch.cuda.get_device_name() in results["hardware"]
+    assert results["train_steps"] == 30 and 0 <= results["bleu"] <= 100

@@ -15,6 +15,7 @@ from hf_vanilla_transformer.modeling_vanilla_transformer import (
     SinusoidalPositionalEncoding,
     shift_tokens_right,
 )
+from training.recipe import label_smoothed_loss
 
 
 def batch(seed=0, batch_size=3, source_length=9, target_length=7, vocab=600):
@@ -178,20 +179,25 @@ def test_cpu_dropout_draws_the_paper_distribution(p):
     assert bf16.dtype == torch.bfloat16 and abs(1 - (bf16 != 0).float().mean().item() - p) < 3e-3
 
 
-def test_label_smoothed_loss_matches_a_hand_computation(model):
+def test_the_loss_is_the_plain_cross_entropy_as_hf_models_return_it(model):
+    """`outputs.loss` is the mean token cross-entropy, as Marian's and BART's: §5.4's smoothing is training's
+    (`training.recipe.label_smoothed_loss`, checked against a hand computation below)."""
     input_ids, attention_mask, _ = batch()
     labels = torch.tensor([[1, 5, 9, 2, -100], [7, 2, -100, -100, -100], [3, 3, 3, 3, 2]])
     output = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+    expected = F.cross_entropy(output.logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+    torch.testing.assert_close(output.loss, expected)
+    summed = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, num_items_in_batch=4).loss
+    torch.testing.assert_close(summed, expected * 11 / 4)  # 11 target tokens, divided by 4
+
     log_probs = F.log_softmax(output.logits.double(), dim=-1)
-    epsilon, losses = model.config.label_smoothing, []
+    epsilon, losses = 0.1, []
     for b in range(3):
         for t in range(5):
             if labels[b, t] != -100:  # (1 - ε) · NLL + ε · mean over the vocabulary of -log p
                 losses.append((1 - epsilon) * -log_probs[b, t, labels[b, t]] - epsilon * log_probs[b, t].mean())
-    expected = torch.stack(losses).mean()
-    assert output.loss.item() == pytest.approx(expected.item(), rel=1e-5)
-    summed = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, num_items_in_batch=4).loss
-    assert summed.item() == pytest.approx(torch.stack(losses).sum().item() / 4, rel=1e-5)
+    smoothed = label_smoothed_loss(output.logits, labels, epsilon)
+    assert smoothed.item() == pytest.approx(torch.stack(losses).sum().item(), rel=1e-5)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -199,7 +205,7 @@ def test_label_smoothed_loss_matches_a_hand_computation(model):
 def test_the_blockwise_loss_equals_torch_cross_entropy_and_its_gradient(monkeypatch, dtype, epsilon):
     """The loss goes through the logits in blocks of rows (here 64, so 150 rows make three blocks); loss and
     gradient equal `F.cross_entropy` with label smoothing, rows labelled -100 left out."""
-    monkeypatch.setattr(LabelSmoothedCrossEntropy, "CPU_BLOCK_ELEMENTS", 1)
+    monkeypatch.setattr(LabelSmoothedCrossEntropy, "BLOCK_ELEMENTS", {"cpu": 1})
     generator = torch.Generator().manual_seed(0)
     logits = (3 * torch.randn(150, 37, generator=generator)).to(dtype).requires_grad_()
     labels = torch.randint(0, 37, (150,), generator=generator)
@@ -355,3 +361,25 @@ torch.save(logits, "logits.pt")
     result = run_python(code, tmp_path, block_package=True)
     assert result.returncode == 0, result.stderr
     assert torch.equal(torch.load(tmp_path / "logits.pt"), expected.logits)
+
+
+def test_the_model_compiles_whole_and_trains_as_in_eager_mode():
+    """`--torch_compile`: the training forward is one graph (`fullgraph`: no break, the CPU dropout and loss kernels
+    give way to the plain operators), for any batch shape (`dynamic`), with the eager model's loss and gradients."""
+    torch.manual_seed(0)
+    model = VanillaTransformerForConditionalGeneration(tiny_config(dropout=0.0)).train()
+    compiled = torch.compile(model, fullgraph=True, dynamic=True)
+    for batch_size, length in ((3, 7), (5, 11)):
+        input_ids, attention_mask, labels = batch(batch_size=batch_size, target_length=length)
+        results = []
+        for forward in (model, compiled):
+            logits = forward(input_ids=input_ids, attention_mask=attention_mask,
+                             decoder_input_ids=model.prepare_decoder_input_ids_from_labels(labels)).logits
+            loss = label_smoothed_loss(logits, labels, 0.1)
+            results.append((loss, torch.autograd.grad(loss, list(model.parameters()))))
+        torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=1e-5)
+        for compiled_grad, eager_grad in zip(results[1][1], results[0][1]):
+            torch.testing.assert_close(compiled_grad, eager_grad, rtol=1e-4, atol=1e-5)
+    dropout = VanillaTransformerForConditionalGeneration(tiny_config(dropout=0.1)).train()
+    input_ids, attention_mask, labels = batch()
+    torch.compile(dropout, fullgraph=True)(input_ids=input_ids, attention_mask=attention_mask, labels=labels)

@@ -10,7 +10,7 @@ def test_a_tiny_model_learns_to_reproduce_a_handful_of_translations(pairs, token
     torch.manual_seed(0)
     sources, targets = [p[0] for p in pairs[:8]], [p[1] for p in pairs[:8]]
     model = VanillaTransformerForConditionalGeneration(
-        tiny_config(d_model=64, encoder_ffn_dim=128, decoder_ffn_dim=128, dropout=0.0, label_smoothing=0.0)
+        tiny_config(d_model=64, encoder_ffn_dim=128, decoder_ffn_dim=128, dropout=0.0)
     )
     batch = tokenizer(sources, text_target=targets, padding=True, return_tensors="pt")
     batch["labels"][batch["labels"] == tokenizer.pad_token_id] = -100

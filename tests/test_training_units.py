@@ -22,7 +22,7 @@ from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration
 from hf_vanilla_transformer.metrics import bleu_compute_metrics, corpus_bleu, load_bleu
 from training import checkpoints
 from training.data import DataError, TokenBatchSampler, load_translation_dataset, tokenize
-from training.recipe import paper_optimizer
+from training.recipe import label_smoothed_loss, paper_optimizer
 
 
 def sampler_lengths(n=1000, seed=0):
@@ -427,7 +427,7 @@ def test_translation_shares_the_sentences_among_the_processes_and_gives_all_of_t
 
     calls = {}
 
-    def fake_translate(model, tokenizer, sentences, batch_size, **kwargs):
+    def fake_translate(model, tokenizer, sentences, **kwargs):
         calls[rank] = len(sentences)
         return [sentence.upper() for sentence in sentences]
 
@@ -436,6 +436,91 @@ def test_translation_shares_the_sentences_among_the_processes_and_gives_all_of_t
     monkeypatch.setattr(evaluation, "translate", fake_translate)
     monkeypatch.setattr(evaluation, "gather_object", lambda mine: [outputs[0], outputs[1]])
     for rank in (0, 1):
-        accelerator = SimpleNamespace(num_processes=2, process_index=rank, autocast=nullcontext)
-        assert evaluation.translate_split(None, None, sources, accelerator) == ["A", "B", "C", "D", "E"]
+        accelerator = SimpleNamespace(num_processes=2, process_index=rank, autocast=nullcontext,
+                                      device=torch.device("cpu"))
+        assert evaluation.translate_split(None, None, sources, accelerator, 1024) == ["A", "B", "C", "D", "E"]
     assert calls == {0: 3, 1: 2}
+
+
+def test_the_queued_training_step_equals_the_plain_step_and_skips_a_non_finite_update(tokenizer, pairs, tmp_path,
+                                                                                        caplog):
+    """`train_step` reads nothing back from the device (the host learns a step's tokens, stop request and finite
+    gradient a step later, `Steps.settle`), and skips a non-finite update on the device (fused Adam's `found_inf`):
+    losses, weights and Adam's state equal the plain step's, which checks the norm on the host, step by step."""
+    import argparse
+
+    from transformers import BatchEncoding
+
+    from training.train import Run, Steps, train_step
+
+    torch.manual_seed(0)
+    accelerator = Accelerator(cpu=True)
+    model = VanillaTransformerForConditionalGeneration(tiny_config(dropout=0.0))
+    reference = copy.deepcopy(model)
+    poisoned = {"step": None}
+    for net in (model, reference):  # step 2's gradient is NaN in both
+        net.lm_head.weight.register_hook(lambda grad: grad * math.nan if poisoned["step"] == 2 else grad)
+    optimizer, scheduler = paper_optimizer(model, warmup_steps=4, learning_rate=1e-3)
+    reference_optimizer, reference_scheduler = paper_optimizer(reference, warmup_steps=4, learning_rate=1e-3)
+    run = Run(argparse.Namespace(max_grad_norm=0.0, label_smoothing=0.1), accelerator, tmp_path, unwrapped=model)
+    run.model, run.optimizer, run.scheduler = accelerator.prepare(model, optimizer, scheduler)
+    collate = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
+    features = [{"input_ids": tokenizer(de)["input_ids"], "labels": tokenizer(text_target=en)["input_ids"]}
+                for de, en in pairs[:32]]
+    steps, tokens, skipped = Steps(), 0, []
+    for step in range(1, 5):
+        poisoned["step"] = step
+        micro_batches = [BatchEncoding(collate(features[i : i + 4])) for i in (8 * step - 8, 8 * step - 4)]
+        loss = train_step(run, micro_batches, steps)
+        assert len(steps.queued) == step  # nothing read back yet
+        count = sum(int((b["labels"] != -100).sum()) for b in micro_batches)
+        expected = 0.0
+        for batch in micro_batches:  # §5.4's loss: the model's own is the plain cross-entropy
+            logits = reference(**batch).logits
+            part = label_smoothed_loss(logits, batch["labels"], 0.1) / count
+            part.backward()
+            expected += part.detach()
+        norm = torch.nn.utils.clip_grad_norm_(reference.parameters(), math.inf)
+        if torch.isfinite(norm):
+            reference_optimizer.step()
+        else:
+            skipped.append(step)
+        reference_scheduler.step()
+        reference_optimizer.zero_grad(set_to_none=True)
+        tokens += count
+        torch.testing.assert_close(loss, expected)
+        for ours, theirs in zip(model.parameters(), reference.parameters()):
+            torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+        assert [s["step"] for s in optimizer.state.values()][0] == reference_optimizer.state[
+            next(iter(reference.parameters()))]["step"]
+    assert skipped == [2]
+    with caplog.at_level(logging.WARNING, logger="training.train"):
+        assert steps.settle(run, every=False) == tokens - count  # all but the newest step
+    assert "step 2: the gradient norm is not finite; the update is skipped" in caplog.text
+    assert steps.settle(run, every=True) == count and not steps.queued
+    assert steps.non_finite == [] and not steps.stop  # step 2's was followed by finite ones
+
+
+@pytest.mark.parametrize("gpu, capability, expected", [("A100", (8, 0), ("bf16", True)),
+                                                       ("H100", (9, 0), ("bf16", True)),
+                                                       ("V100", (7, 0), ("fp16", False)),
+                                                       ("T4", (7, 5), ("fp16", False))])
+def test_auto_mixed_precision_fits_the_gpu(monkeypatch, gpu, capability, expected):
+    """bf16 where the GPU multiplies it natively (Ampere on; emulation does not count), else fp16 with loss scaling;
+    TF32 for float32 matrix products from Ampere on."""
+    from training.train import native_mixed_precision, tf32_available
+
+    def bf16_supported(including_emulation=True):
+        return capability >= (8, 0) or including_emulation  # torch emulates bf16 on a V100 or T4
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", bf16_supported)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert (native_mixed_precision(), tf32_available()) == expected
+
+
+def test_tf32_on_a_machine_without_it_is_refused_in_one_line(tmp_path):
+    from training import train
+
+    with pytest.raises(train.RunStopped, match="--tf32: this machine has no GPU with TF32 tensor cores"):
+        train.start(train.parse_args(["--output_dir", str(tmp_path), "--tf32", "--no-with_tracking"]))

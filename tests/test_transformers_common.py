@@ -52,10 +52,7 @@ class VanillaTransformerModelTester:
         self.num_attention_heads = 4
 
     def get_config(self) -> VanillaTransformerConfig:
-        # Plain cross-entropy, which the common loss test expects; the label-smoothed loss (§5.4) is checked against
-        # a hand computation in test_modeling.py.
-        return tiny_config(vocab_size=self.vocab_size, max_position_embeddings=64, dropout=0.1, attention_dropout=0.1,
-                           label_smoothing=0.0)
+        return tiny_config(vocab_size=self.vocab_size, max_position_embeddings=64, dropout=0.1, attention_dropout=0.1)
 
     def prepare_config_and_inputs(self):
         input_ids = ids_tensor([self.batch_size, self.seq_length], self.vocab_size).clamp(4)

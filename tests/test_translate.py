@@ -78,3 +78,27 @@ def test_the_pipeline_names_an_empty_item_and_warns_on_unknown_input_as_translat
     with caplog.at_level(logging.WARNING):
         translator("一只狗在草地上跑。", max_new_tokens=3, num_beams=1)
     assert "unknown to the model's vocabulary (<unk>): is the input in de?" in caplog.text
+
+
+def test_batches_by_tokens_translate_as_batches_by_sentences(tokenizer, monkeypatch):
+    """A GPU validates in batches of a token budget (source tokens with padding, times the beams): each batch keeps
+    to it, and the translations equal those of batches of 64 sentences, in input order."""
+    from hf_vanilla_transformer import translate as module
+
+    torch.manual_seed(0)
+    model = VanillaTransformerForConditionalGeneration(tiny_config()).eval()
+    sources = read_multi30k("val", "de", 40)
+    expected = translate(model, tokenizer, sources, num_beams=2, max_new_tokens=6)
+    sizes = []
+    generate = model.generate
+
+    def recording_generate(input_ids, **kwargs):
+        sizes.append(input_ids.shape)
+        return generate(input_ids=input_ids, **kwargs)
+
+    monkeypatch.setattr(model, "generate", recording_generate)
+    assert translate(model, tokenizer, sources, batch_size=None, max_tokens=200, num_beams=2,
+                     max_new_tokens=6) == expected
+    assert len(sizes) > 4 and all(rows * length * 2 <= 200 for rows, length in sizes)
+    assert module.batches(list("abc"), [5, 500, 6], None, 100) == [["a"], ["b"], ["c"]]  # one too long goes alone
+    assert module.batches(list("abcde"), [1] * 5, 2, None) == [["a", "b"], ["c", "d"], ["e"]]

@@ -131,6 +131,7 @@ def run_variant(args, name: str, train_args: list[str]) -> dict:
     minutes = (time.time() - started) / 60
     results = json.loads((run_dir / "model" / "training_results.json").read_text())
     config = VanillaTransformerConfig.from_pretrained(run_dir / "model")
+    config.label_smoothing = results["label_smoothing"]  # a choice of training: the run's results record it
     row = {"variant": name, "row": VARIANTS[name].row, "config": {heading: get(config) for heading, get in COLUMNS},
            "parameters": AutoModelForSeq2SeqLM.from_config(config).num_parameters(),
            "validation_perplexity": results.get("validation_perplexity"),

@@ -28,7 +28,7 @@ PRESETS = {"tiny": VanillaTransformerConfig.tiny, "small": VanillaTransformerCon
            "medium": VanillaTransformerConfig.medium, "base": VanillaTransformerConfig.base,
            "big": VanillaTransformerConfig.big}
 # What continuing to train a saved model may change; the rest is its architecture, fixed by its weights.
-TRAINING_FIELDS = {"dropout", "attention_dropout", "activation_dropout", "label_smoothing", "src_lang", "tgt_lang"}
+TRAINING_FIELDS = {"dropout", "attention_dropout", "activation_dropout", "src_lang", "tgt_lang"}
 # The arguments that decide the run's tokenizer, recorded beside it: a resumed run must give the same.
 TOKENIZER_ORIGIN = ("tokenizer_name", "model_name_or_path", "vocab_size", "dataset_name", "dataset_config_name",
                     "train_file", "source_lang", "target_lang", "max_train_samples", "tokenizer_sample_size")
@@ -97,7 +97,7 @@ def learn_tokenizer(train, source_lang: str, target_lang: str, vocab_size: int, 
 def build_model(args, tokenizer, device) -> VanillaTransformerForConditionalGeneration:
     """A new model of `--config_name` for `tokenizer`, or the saved `--model_name_or_path` with the training
     fields of the command line applied (other changes are refused)."""
-    overrides = dict(label_smoothing=args.label_smoothing, src_lang=args.source_lang, tgt_lang=args.target_lang)
+    overrides = dict(src_lang=args.source_lang, tgt_lang=args.target_lang)
     overrides.update(parse_config_overrides(args.config_overrides))
     if args.dropout is not None:
         overrides["dropout"] = args.dropout

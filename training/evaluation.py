@@ -16,7 +16,8 @@ from .data import TokenBatchSampler, lengths
 
 @torch.no_grad()
 def validation_loss(model, dataset, collator, accelerator, max_tokens: int, autocast: bool = True) -> float:
-    """Label-smoothed cross-entropy per target token over the whole split, shared out among the processes."""
+    """The cross-entropy per target token (the model's loss, without §5.4's smoothing) over the whole split, shared
+    out among the processes."""
     model.eval()
     sampler = TokenBatchSampler(lengths(dataset), max_tokens, num_replicas=accelerator.num_processes,
                                 rank=accelerator.process_index)
@@ -32,11 +33,14 @@ def validation_loss(model, dataset, collator, accelerator, max_tokens: int, auto
     return loss_sum / tokens
 
 
-def translate_split(model, tokenizer, sources, accelerator, batch_size=64, autocast: bool = True,
+def translate_split(model, tokenizer, sources, accelerator, max_tokens: int, autocast: bool = True,
                     **generate_kwargs) -> list[str]:
-    """Translations of `sources`, the processes sharing the work; every process gets all of them, in order."""
+    """Translations of `sources`, the processes sharing the work; every process gets all of them, in order. On a GPU
+    a batch holds `max_tokens` source tokens, times the beams (a training batch's tokens, whose activations and
+    gradients take more memory than decoding them); on a CPU it holds 64 sentences."""
     processes, rank = accelerator.num_processes, accelerator.process_index
+    batching = dict(batch_size=None, max_tokens=max_tokens) if accelerator.device.type == "cuda" else {}
     with accelerator.autocast() if autocast else nullcontext():
-        mine = translate(model, tokenizer, sources[rank::processes], batch_size, **generate_kwargs)
+        mine = translate(model, tokenizer, sources[rank::processes], **batching, **generate_kwargs)
     gathered = gather_object([mine])
     return [gathered[i % len(gathered)][i // len(gathered)] for i in range(len(sources))]

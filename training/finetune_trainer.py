@@ -6,7 +6,9 @@
         --eval_strategy epoch --save_strategy epoch --load_best_model_at_end --metric_for_best_model bleu \\
         --predict_with_generate --bf16
 
-Every `Seq2SeqTrainingArguments` flag works (`--fp16`, `--gradient_accumulation_steps`, `--report_to`, ...). The
+Every `Seq2SeqTrainingArguments` flag works (`--fp16`, `--gradient_accumulation_steps`, `--report_to`, ...);
+`--label_smoothing_factor` is §5.4's 0.1 unless given (Seq2SeqTrainer's own default is 0: the model's loss is the
+plain cross-entropy, as every HF model's), and its `eval_loss` is smoothed as the Trainer smooths it. The
 data are those of `training.train` (the embedded Multi30k by default, a Hub dataset or local files); the model
 is any saved folder or Hub repository of this model. The output folder holds the fine-tuned model, its tokenizer
 and the translation pipeline.
@@ -53,6 +55,7 @@ class DataArguments:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = HfArgumentParser((ModelArguments, DataArguments, Seq2SeqTrainingArguments))
+    parser.set_defaults(label_smoothing_factor=0.1)  # §5.4
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
 

@@ -6,6 +6,8 @@ import math
 import torch
 from transformers import get_inverse_sqrt_schedule
 
+from hf_vanilla_transformer.kernels import LabelSmoothedCrossEntropy
+
 
 def paper_learning_rate(d_model: int, warmup_steps: int) -> float:
     """The peak of §5.3's schedule, reached at step `warmup_steps`: d_model^-0.5 · warmup_steps^-0.5."""
@@ -20,6 +22,13 @@ def paper_optimizer(model, warmup_steps: int, learning_rate: float | None = None
     fused = model.device.type in ("cpu", "cuda")  # one kernel for all parameters
     optimizer = torch.optim.Adam(model.parameters(), lr=peak, betas=(0.9, 0.98), eps=1e-9, fused=fused)
     return optimizer, get_inverse_sqrt_schedule(optimizer, num_warmup_steps=warmup_steps, timescale=warmup_steps)
+
+
+def label_smoothed_loss(logits: torch.Tensor, labels: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """§5.4, label smoothing of value ε_ls = `epsilon`: the training loss of a batch's logits (batch, length, V), the
+    cross-entropy against targets smoothed to (1 - ε) · one-hot + ε / V, summed over the target tokens (labels other
+    than -100), through the blockwise kernel."""
+    return LabelSmoothedCrossEntropy.apply(logits.flatten(0, 1), labels.flatten(), epsilon)
 
 
 TOKENS_PER_STEP = 25_000  # §5.1: "a set of sentence pairs containing approximately 25000 source tokens and 25000

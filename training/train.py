@@ -52,7 +52,14 @@ from . import checkpoints, distributed
 from .build import DEFAULT_VOCAB_SIZE, PRESETS, build_model, build_tokenizer
 from .data import DataError, TokenBatchSampler, lengths, load_translation_dataset, tokenize
 from .evaluation import translate_split, validation_loss
-from .recipe import RECIPES, TOKENS_PER_STEP, paper_learning_rate, paper_optimizer, split_tokens_per_step
+from .recipe import (
+    RECIPES,
+    TOKENS_PER_STEP,
+    label_smoothed_loss,
+    paper_learning_rate,
+    paper_optimizer,
+    split_tokens_per_step,
+)
 from .tracking import JSONLTracker, plot_learning_curve, truncate_log
 
 logger = logging.getLogger("training.train")
@@ -84,7 +91,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--dropout", type=float, default=None, help="override the preset's dropout")
     model.add_argument("--config_overrides", default=None,
                        help='other config fields, e.g. "normalize_before=true,attention_dropout=0.1"')
-    model.add_argument("--label_smoothing", type=float, default=0.1, help="ε_ls (§5.4)")
+    model.add_argument("--label_smoothing_factor", "--label_smoothing", dest="label_smoothing", type=float,
+                       default=0.1, help="ε_ls of the training loss (§5.4; HF Trainer's flag); the logged and saved "
+                       "model's losses and perplexities are the plain cross-entropy")
     model.add_argument("--attn_implementation", default=None,
                        help="default: eager on CPUs (it trains 1.5x faster there than SDPA), sdpa elsewhere")
     data = parser.add_argument_group("data")
@@ -123,11 +132,24 @@ def parse_args(argv=None) -> argparse.Namespace:
                        "or --gradient_accumulation_steps where --max_tokens is given")
     optim.add_argument("--max_grad_norm", type=float, default=0.0, help="clip gradients to this norm; 0: no clipping")
     optim.add_argument("--mixed_precision", default="auto", choices=["auto", "no", "fp16", "bf16"],
-                       help="auto: bf16 where the hardware multiplies bf16 natively, else no (float32)")
+                       help="auto: bf16 where the hardware multiplies bf16 natively; fp16 with loss scaling on a GPU "
+                       "without it (V100, T4); else no (float32)")
+    optim.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=None,
+                       help="float32 matrix products on TF32 tensor cores (HF Trainer's flag); default: on where the "
+                       "GPU has them (Ampere and newer)")
     optim.add_argument("--seed", type=int, default=42)
     optim.add_argument("--ddp_timeout", type=positive_int, default=1800,
                        help="seconds a collective of several processes waits for a missing one before the run stops "
                        "(HF Trainer's flag); waits of unknown length (preparing the data, saving) have none")
+    speed = parser.add_argument_group("speed (HF Trainer's flags)")
+    speed.add_argument("--torch_compile", action="store_true",
+                       help="compile the model with torch.compile: pays on a GPU over a long run; each new batch "
+                       "shape compiles first, until its lengths are made dynamic")
+    speed.add_argument("--dataloader_num_workers", type=non_negative_int, default=None,
+                       help="processes that collate the next batches while the step runs; default: 2 where the run "
+                       "trains on a GPU, else 0 (on a CPU they would take cores from the step)")
+    speed.add_argument("--dataloader_pin_memory", action=argparse.BooleanOptionalAction, default=None,
+                       help="batches in page-locked memory, copied to the GPU without blocking; default: on a GPU")
     ckpt = parser.add_argument_group("checkpoints")
     ckpt.add_argument("--output_dir", default="outputs/multi30k-de-en")
     ckpt.add_argument("--overwrite_output_dir", action="store_true", help="discard an earlier run's checkpoints")
@@ -217,6 +239,7 @@ class Run:
     bleu_metric: object = None
     tokenizer: object = None
     model: torch.nn.Module = None  # as Accelerate prepared it (wrapped for DDP with several processes)
+    compiled: torch.nn.Module = None  # the model compiled for the training step (--torch_compile)
     unwrapped: torch.nn.Module = None  # the model itself
     collator: DataCollatorForSeq2Seq = None
     train_loader: DataLoader = None
@@ -355,6 +378,11 @@ def start(args) -> Run:
     """The Accelerator, logging and the output folder (locked; an earlier run's outputs kept or removed)."""
     if args.mixed_precision == "auto":
         args.mixed_precision = native_mixed_precision()
+    if args.tf32 and not tf32_available():
+        raise RunStopped("error: --tf32: this machine has no GPU with TF32 tensor cores (Ampere or newer)")
+    args.tf32 = tf32_available() if args.tf32 is None else args.tf32
+    if args.tf32:
+        torch.set_float32_matmul_precision("high")  # TF32 for the float32 matrix products (autocast's are bf16)
     output = Path(args.output_dir)
     trackers = [JSONLTracker(output / "logs" / "log.jsonl")]
     if args.with_tracking:
@@ -375,6 +403,11 @@ def start(args) -> Run:
         raise RunStopped(f"error: {launched} processes were launched, but each trains alone ({accelerator.device}, "
                          f"{accelerator.distributed_type}): without GPUs, launch with ACCELERATE_USE_CPU=true for "
                          "data-parallel training over gloo")
+    on_gpu = accelerator.device.type == "cuda"
+    if args.dataloader_num_workers is None:
+        args.dataloader_num_workers = 2 if on_gpu else 0
+    if args.dataloader_pin_memory is None:
+        args.dataloader_pin_memory = on_gpu
     run = Run(args, accelerator, output)
     run.peers = distributed.processes(accelerator)
     run.machine_choices = main_job_choices(args, run.checkpoint_root)
@@ -567,9 +600,13 @@ def prepare_training(run: Run) -> None:
         raise RunStopped(f"error: the training data: {error}") from None
     run.collator = DataCollatorForSeq2Seq(run.tokenizer, label_pad_token_id=-100,
                                           pad_to_multiple_of=8 if accelerator.device.type == "cuda" else None)
-    # Its own generator keeps the loader from drawing on the global RNG, which resuming must replay exactly.
+    # Its own generator keeps the loader from drawing on the global RNG, which resuming must replay exactly. Its
+    # workers collate the next batches during the step; the sampler stays in this process (`set_epoch`).
+    workers = args.dataloader_num_workers
     run.train_loader = DataLoader(run.data["train"].remove_columns("length"), batch_sampler=sampler,
-                                  collate_fn=run.collator, generator=torch.Generator())
+                                  collate_fn=run.collator, generator=torch.Generator(), num_workers=workers,
+                                  persistent_workers=workers > 0,
+                                  pin_memory=args.dataloader_pin_memory and accelerator.device.type == "cuda")
     run.steps_per_epoch = len(sampler) // args.gradient_accumulation_steps
     run.max_steps = args.max_steps or math.ceil(args.num_train_epochs * run.steps_per_epoch)
 
@@ -579,6 +616,8 @@ def prepare_training(run: Run) -> None:
     # Mixed precision through `accelerator.autocast()` around each forward, without the wrapper that also copies
     # every output to float32: the loss is computed inside the model, and nothing reads a float32 copy of the logits.
     run.unwrapped = accelerator.unwrap_model(run.model, keep_fp32_wrapper=False)
+    if args.torch_compile:  # the training step's forward and backward; checkpoints and evaluation use the model
+        run.compiled = torch.compile(run.model)
 
     run.layout = {"num_processes": accelerator.num_processes,
                   "gradient_accumulation_steps": args.gradient_accumulation_steps, "max_tokens": args.max_tokens,
@@ -617,33 +656,37 @@ def prepare_training(run: Run) -> None:
 
 def train(run: Run) -> None:
     """Steps until `max_steps`: each logged, validated and checkpointed on its schedule, validation also after
-    each epoch unless `--eval_steps` sets the schedule."""
+    each epoch unless `--eval_steps` sets the schedule. A step is queued on the device without waiting for it: the
+    host reads what it needs (tokens, a stop request, a non-finite gradient) a step later, or at once on the steps
+    that log, validate or checkpoint (`Steps.settle`)."""
     args = run.args
     loop_started = time.time()
     run.model.train()
+    steps = Steps()
     # The progress bar is closed (its line ended) before any message the run stops with.
     with tqdm(total=run.max_steps, initial=run.step, disable=not run.accelerator.is_local_main_process,
               desc="training") as progress:
         window = {"tokens": 0, "seconds": 0.0, "loss": 0.0}  # since the last log
-        non_finite_steps = []  # the steps in a row whose gradient was not finite
         while run.step < run.max_steps:
             run.train_loader.batch_sampler.set_epoch(run.epoch, start=run.batches_done)
             for micro_batches in groups(run.train_loader, args.gradient_accumulation_steps):
                 step_started = time.time()
-                tokens, loss, stop = train_step(run, micro_batches, non_finite_steps)
-                window["tokens"] += tokens
+                window["loss"] += train_step(run, micro_batches, steps)
+                logging_step = run.step % args.logging_steps == 0 or run.step == run.max_steps
+                eval_step = (args.eval_steps and run.step % args.eval_steps == 0) or run.step == run.max_steps
+                checkpoint_step = run.step % args.checkpointing_steps == 0 or run.step == run.max_steps
+                window["tokens"] += steps.settle(run, every=logging_step or eval_step or checkpoint_step)
                 window["seconds"] += time.time() - step_started
-                window["loss"] += loss
                 progress.update(1)
-                if run.step % args.logging_steps == 0 or run.step == run.max_steps:
+                if logging_step:
                     log_training(run, window, progress)
-                if (args.eval_steps and run.step % args.eval_steps == 0) or run.step == run.max_steps:
+                if eval_step:
                     validate(run)
-                if run.step % args.checkpointing_steps == 0 or run.step == run.max_steps:
+                if checkpoint_step:
                     save_checkpoint(run)
-                elif stop:
+                elif steps.stop:
                     save_checkpoint(run, interrupted=True)
-                if stop:
+                if steps.stop:
                     raise RunStopped(f"Stopped by SIGTERM after step {run.step}, whose checkpoint is in "
                                      f"{run.checkpoint_root}: run the same command with --resume_from_checkpoint "
                                      "latest to continue")
@@ -658,44 +701,91 @@ def train(run: Run) -> None:
     run.accelerator.wait_for_everyone()
 
 
-def train_step(run: Run, micro_batches: list, non_finite_steps: list) -> tuple[int, torch.Tensor, bool]:
-    """One optimizer step over the micro-batches; returns its target tokens (all processes), its summed loss and
-    whether a process was asked to stop. A non-finite gradient skips the update."""
+class Steps:
+    """What the host learns of the queued steps, read without stalling the device: for each step, its target tokens
+    (all processes), whether a process was asked to stop (SIGTERM), and whether its gradient was finite (the same
+    on every process, after DDP's all-reduce), copied to the host as the device gets there."""
+
+    def __init__(self):
+        self.queued = []  # (step, the copy of its flags on their way to the host, the copy's event)
+        self.non_finite = []  # the steps in a row whose gradient was not finite (their updates skipped)
+        self.stop = False
+
+    def add(self, step: int, flags: torch.Tensor) -> None:
+        """Start copying a step's flags (target tokens, stop requests, a non-finite gradient) to the host."""
+        event = None
+        if flags.device.type == "cuda":
+            copy = torch.empty(flags.shape, dtype=flags.dtype, pin_memory=True)
+            copy.copy_(flags, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            flags = copy
+        self.queued.append((step, flags, event))
+
+    def settle(self, run: Run, every: bool) -> int:
+        """Read the flags of every queued step but the newest (the device is past them), or of `every` one; returns
+        the target tokens read. A stop request sets `stop`; too many non-finite gradients in a row stop the run."""
+        tokens = 0
+        while self.queued and (every or len(self.queued) > 1):
+            step, flags, event = self.queued.pop(0)
+            if event is not None:
+                event.synchronize()
+            step_tokens, stop, non_finite = flags.tolist()
+            tokens += step_tokens
+            self.stop = self.stop or stop > 0
+            if not non_finite:
+                self.non_finite.clear()
+                continue
+            self.non_finite.append(step)
+            logger.warning("step %d: the gradient norm is not finite; the update is skipped", step)
+            if len(self.non_finite) == MAX_NON_FINITE_STEPS:
+                raise diverged(run, f"the gradient norm was not finite at steps {self.non_finite[0]}-"
+                                    f"{self.non_finite[-1]}")
+        return tokens
+
+
+def train_step(run: Run, micro_batches: list, steps: Steps) -> torch.Tensor:
+    """One optimizer step over the micro-batches, queued without waiting for the device; returns its summed loss (on
+    the device). A non-finite gradient skips the update, on the device: fused Adam's `found_inf`, as loss scaling
+    uses it."""
     accelerator, model = run.accelerator, run.model
-    micro_batches = [batch.to(accelerator.device) for batch in micro_batches]
-    # A step's loss is its summed token losses over all its target tokens, whatever the process count; the same
-    # reduction tells every process whether any was asked to stop (SIGTERM).
-    step_tokens, stop = accelerator.reduce(torch.stack([
-        sum((b["labels"] != -100).sum() for b in micro_batches),
-        torch.tensor(int(STOP_REQUESTED.is_set()), device=accelerator.device)]), "sum")
-    normalizer = step_tokens / accelerator.num_processes  # DDP averages the processes' gradients
+    # The step's target tokens, counted on the host before the copy, and a stop request, summed over the processes
+    # in one reduction: a step's loss is its summed token losses over all its target tokens, whatever the process
+    # count, and every process learns whether any was asked to stop.
+    flags = torch.tensor([sum(int((b["labels"] != -100).sum()) for b in micro_batches), int(STOP_REQUESTED.is_set())])
+    if accelerator.device.type == "cuda":
+        flags = flags.pin_memory()
+    flags = accelerator.reduce(flags.to(accelerator.device, non_blocking=True), "sum")
+    normalizer = flags[0] / accelerator.num_processes  # DDP averages the processes' gradients
     step_loss = 0.0
     for i, batch in enumerate(micro_batches):
-        last = i == len(micro_batches) - 1
-        with nullcontext() if last else accelerator.no_sync(model):
+        batch = batch.to(accelerator.device, non_blocking=True)
+        decoder_input_ids = run.unwrapped.prepare_decoder_input_ids_from_labels(batch["labels"])  # §3.1's offset
+        with nullcontext() if i == len(micro_batches) - 1 else accelerator.no_sync(model):
             with accelerator.autocast():
-                loss = model(**batch, num_items_in_batch=normalizer).loss
+                logits = (run.compiled or model)(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                                 decoder_input_ids=decoder_input_ids).logits
+                loss = label_smoothed_loss(logits, batch["labels"], run.args.label_smoothing) / normalizer
             accelerator.backward(loss)
         step_loss += loss.detach()
     # Without a limit the "clipping" only measures the norm (the gradients are multiplied by exactly 1).
     grad_norm = accelerator.clip_grad_norm_(model.parameters(), run.args.max_grad_norm or math.inf)
-    # A non-finite gradient (every process sees the same, after DDP's all-reduce) skips the update, as fp16's loss
-    # scaling does, whose own skipping is left to it; too many in a row stop the run.
-    if grad_norm is not None and not torch.isfinite(grad_norm) and accelerator.mixed_precision != "fp16":
-        non_finite_steps.append(run.step + 1)
-        logger.warning("step %d: the gradient norm is %s; the update is skipped (learning rate %.2e)",
-                       run.step + 1, grad_norm.item(), run.scheduler.get_last_lr()[0])
-        if len(non_finite_steps) == MAX_NON_FINITE_STEPS:
-            raise diverged(run, f"the gradient norm was not finite at steps {non_finite_steps[0]}-"
-                                f"{non_finite_steps[-1]}")
-    else:
-        non_finite_steps.clear()
+    non_finite = ~torch.isfinite(grad_norm)
+    adam = run.optimizer.optimizer
+    if accelerator.mixed_precision == "fp16":  # loss scaling skips the overflowing steps itself
+        non_finite = torch.zeros_like(non_finite)
+        run.optimizer.step()
+    elif adam.defaults.get("fused"):
+        adam.found_inf = non_finite.float()
+        run.optimizer.step()
+    elif not non_finite:  # no fused Adam on this device: the host waits for the norm
         run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
     run.step += 1
     run.batches_done += len(micro_batches)
-    return int(step_tokens), step_loss, bool(stop)
+    steps.add(run.step, torch.cat([flags, non_finite[None].to(flags.dtype)]))
+    return step_loss
 
 
 def log_training(run: Run, window: dict, progress) -> None:
@@ -728,7 +818,7 @@ def validate(run: Run) -> None:
         with timed(run.phases, "validation_bleu"):
             run.unwrapped.eval()
             hypotheses = translate_split(run.unwrapped, run.tokenizer, [p[args.source_lang] for p in pairs],
-                                         run.accelerator, num_beams=1)
+                                         run.accelerator, args.max_tokens, num_beams=1)
             run.unwrapped.train()
             references = [p[args.target_lang] for p in pairs]
             metrics["eval_bleu"] = corpus_bleu(hypotheses, references, run.bleu_metric)["score"]
@@ -781,11 +871,9 @@ def evaluate(run: Run) -> dict:
     model.eval()
     results = {"train_minutes": round((started - run.started) / 60, 1), "train_steps": run.step,
                "train_epochs": round(run.step / run.steps_per_epoch, 1), "averaged_checkpoints": len(usable)}
-    if "validation" in run.data:  # of the averaged model, per target token, without label smoothing (Table 3's PPL)
-        smoothing, model.config.label_smoothing = model.config.label_smoothing, 0.0
+    if "validation" in run.data:  # of the averaged model, per target token (Table 3's PPL)
         nll = validation_loss(run.model, run.data["validation"], run.collator, accelerator, args.max_tokens,
                               autocast=False)  # as saved
-        model.config.label_smoothing = smoothing
         results["validation_perplexity"] = round(math.exp(nll), 2) if nll < MAX_LOG_PERPLEXITY else None
         if results["validation_perplexity"] is None:
             logger.warning("The validation loss is %.3g: its perplexity overflows, and is left out", nll)
@@ -799,7 +887,8 @@ def evaluate(run: Run) -> dict:
     if split is not None:
         pairs = run.raw[split]["translation"]
         sources = [p[args.source_lang] for p in pairs]
-        hypotheses = translate_split(model, run.tokenizer, sources, accelerator, autocast=False, **decoding)
+        hypotheses = translate_split(model, run.tokenizer, sources, accelerator, args.max_tokens, autocast=False,
+                                     **decoding)
         bleu = corpus_bleu(hypotheses, [p[args.target_lang] for p in pairs], run.bleu_metric)
         if accelerator.is_main_process:
             (run.output / "translations.txt").write_text("".join(f"{line}\n" for line in hypotheses), encoding="utf-8")
@@ -830,8 +919,9 @@ def save(run: Run, results: dict) -> None:
             model_name=f"vanilla-transformer-{dataset.split('/')[-1]}-{args.source_lang}-{args.target_lang}",
             dataset=dataset, train_sentences=len(run.raw["train"]), warmup_steps=args.warmup_steps,
             learning_rate=f"{run.learning_rate:.2e}", dropout=model.config.dropout,
-            label_smoothing=model.config.label_smoothing, max_tokens=args.max_tokens,
+            label_smoothing=args.label_smoothing, max_tokens=args.max_tokens,
             num_processes=accelerator.num_processes, gradient_accumulation_steps=args.gradient_accumulation_steps,
+            parameters=model.num_parameters(),
             hardware=describe_hardware(accelerator), mixed_precision=accelerator.mixed_precision,
         )
         figures = {"learning_curve": plot_learning_curve(run.output / "logs" / "log.jsonl",
@@ -895,11 +985,17 @@ def groups(iterable, size: int):
 
 
 def native_mixed_precision() -> str:
-    """bf16 where the hardware multiplies bf16 matrices natively (a GPU that supports it, a CPU with AVX-512 BF16 or
-    AMX), else "no": emulated, a bf16 matrix product is two orders of magnitude slower than a float32 one."""
+    """bf16 where the hardware multiplies bf16 matrices natively (a GPU from Ampere on, a CPU with AVX-512 BF16 or
+    AMX); fp16, with accelerate's loss scaling, on an older GPU (V100, T4), whose tensor cores multiply fp16; else
+    "no": emulated, a bf16 matrix product is two orders of magnitude slower than a float32 one."""
     if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
     return "bf16" if cpu_supports("avx512_bf16") or cpu_supports("amx_tile") else "no"
+
+
+def tf32_available() -> bool:
+    """A GPU with TF32 tensor cores (compute capability 8.0, Ampere, and newer)."""
+    return torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 0)
 
 
 def cpu_supports(feature: str) -> bool:
