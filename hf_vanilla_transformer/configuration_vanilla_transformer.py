@@ -9,6 +9,7 @@ from transformers import PreTrainedConfig
 from transformers.activations import ACT2FN
 
 POSITION_EMBEDDING_TYPES = ("sinusoidal", "learned", "rope", "alibi")
+SINUSOID_LAYOUTS = ("interleaved", "halves")
 
 
 class VanillaTransformerConfig(PreTrainedConfig):
@@ -38,10 +39,14 @@ class VanillaTransformerConfig(PreTrainedConfig):
     # How tokens know their position: "sinusoidal" (§3.5), "learned" (Table 3, row E), "rope" (rotary queries and
     # keys in self-attention) or "alibi" (linear distance biases on self-attention scores): POSITION_EMBEDDING_TYPES.
     position_embedding_type: str = "sinusoidal"
+    # The sinusoids' order in a vector: "interleaved" (§3.5: sin at even features, cos at odd ones) or "halves" (the
+    # sines, then the cosines, of the same frequencies: Marian's and OPUS-MT's, `convert.from_marian`).
+    sinusoid_layout: str = "interleaved"
     scale_embedding: bool = True  # multiply embeddings by sqrt(d_model) (§3.4)
     init_std: float | None = None  # std of the embedding init; None means d_model ** -0.5
     share_encoder_decoder_embeddings: bool = True  # one embedding matrix for source and target (§3.4)
     tie_word_embeddings: bool = True  # the pre-softmax projection reuses the target embedding (§3.4)
+    final_logits_bias: bool = False  # a fixed bias added to the output logits (not in the paper: Marian's)
     use_cache: bool = True
     is_encoder_decoder: bool = True
     pad_token_id: int | None = 0
@@ -87,6 +92,9 @@ class VanillaTransformerConfig(PreTrainedConfig):
         if self.position_embedding_type not in POSITION_EMBEDDING_TYPES:
             raise ValueError(f"`position_embedding_type` {self.position_embedding_type!r} is unknown; use one of "
                              f"{', '.join(POSITION_EMBEDDING_TYPES)}")
+        if self.sinusoid_layout not in SINUSOID_LAYOUTS:
+            raise ValueError(f"`sinusoid_layout` {self.sinusoid_layout!r} is unknown; use one of "
+                             f"{', '.join(SINUSOID_LAYOUTS)}")
         if self.position_embedding_type == "sinusoidal" and self.d_model % 2:
             raise ValueError(f"`d_model` must be even for the sinusoidal positional encoding, got {self.d_model}")
         if self.position_embedding_type == "rope":

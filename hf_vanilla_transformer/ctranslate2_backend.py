@@ -104,7 +104,7 @@ def transformer_spec(model, tokenizer):
     )
     for stack_spec, stack in ((spec.encoder, model.model.encoder), (spec.decoder, model.model.decoder)):
         stack_spec.scale_embeddings = math.sqrt(config.d_model) if config.scale_embedding else 1.0
-        with torch.no_grad():  # §3.5's sinusoids (sin and cos interleaved) or Table 3's learned vectors, as a table
+        with torch.no_grad():  # §3.5's sinusoids (in either layout) or Table 3's learned vectors, as a table
             positions = torch.arange(config.max_position_embeddings)
             stack_spec.position_encodings.encodings = stack.embed_positions(positions)
         embeddings = stack_spec.embeddings[0] if isinstance(stack_spec.embeddings, list) else stack_spec.embeddings
@@ -119,6 +119,8 @@ def transformer_spec(model, tokenizer):
         _set_attention(layer_spec.attention, layer.encoder_attn, layer.encoder_attn_sublayer, self_attention=False)
         _set_feed_forward(layer_spec.ffn, layer.feed_forward, layer.feed_forward_sublayer)
     spec.decoder.projection.weight = model.lm_head.weight
+    if config.final_logits_bias:
+        spec.decoder.projection.bias = model.final_logits_bias[0]
 
     vocabulary = [token for token, _ in sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])]
     vocabulary += [f"<unused{i}>" for i in range(config.vocab_size - len(vocabulary))]
@@ -147,10 +149,10 @@ def _set_layer_norm(spec, norm) -> None:
 
 def _set_attention(spec, attention, sublayer, self_attention: bool) -> None:
     if self_attention:  # one projection to Q, K and V
-        _set_linear(spec.linear[0], attention.q_proj, attention.kv_proj)
+        _set_linear(spec.linear[0], attention.q_proj, attention.k_proj, attention.v_proj)
     else:  # queries from the decoder, keys and values from the encoder output
         _set_linear(spec.linear[0], attention.q_proj)
-        _set_linear(spec.linear[1], attention.kv_proj)
+        _set_linear(spec.linear[1], attention.k_proj, attention.v_proj)
     _set_linear(spec.linear[-1], attention.out_proj)
     _set_layer_norm(spec.layer_norm, sublayer.norm)
 

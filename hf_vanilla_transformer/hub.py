@@ -24,7 +24,7 @@ from .ctranslate2_backend import export_ctranslate2
 from .decoding import EXTRA_OUTPUT_TOKENS, LENGTH_PENALTY, NUM_BEAMS
 from .loading import sha256_file
 from .onnx_backend import FOLDER as ONNX_FOLDER
-from .onnx_backend import ONNX_FILES, check_export, export_onnx, usage
+from .onnx_backend import ONNX_FILES, TRANSFORMERS_JS, TRANSFORMERS_JS_FILES, check_export, export_onnx, usage
 from .pipeline_vanilla_transformer import TranslationPipeline
 from .tokenization import record_tokenizer
 
@@ -41,7 +41,7 @@ CTRANSLATE2_FILES = tuple(f"{CTRANSLATE2_FOLDER}/{name}" for name in (
 UPLOADED_FILES = (*REQUIRED_FILES, *TOKENIZER_FILES, "README.md", "generation_config.json",
                   "configuration_vanilla_transformer.py", "modeling_vanilla_transformer.py",
                   "pipeline_vanilla_transformer.py", "tokenization.py", "kernels.py", "decoding.py",
-                  "learning_curve.png", "attention.png", *CTRANSLATE2_FILES, *ONNX_FILES)
+                  "learning_curve.png", "attention.png", *CTRANSLATE2_FILES, *ONNX_FILES, *TRANSFORMERS_JS_FILES)
 # A Hub out of reach, offline, refusing or failing: the HTTP library's errors (httpx; httpx2 from huggingface_hub 2).
 HUB_UNREACHABLE = (hub_errors.HTTPError, hub_errors.OfflineModeIsEnabled)
 CTRANSLATE2_USAGE = """The folder `{folder}/` holds the model exported to [CTranslate2](https://github.com/OpenNMT/CTranslate2)
@@ -92,7 +92,7 @@ def render_model_card(values: dict, template: str | Path = MODEL_CARD_TEMPLATE) 
               "generation_length_penalty": LENGTH_PENALTY, **values}  # the last three: folders saved before them
     if values.get("onnx"):
         values["onnx_usage"] = usage(values["repo_id"], values["example_source"], values["decoder_start_token_id"],
-                                     values["eos_token_id"])
+                                     values["eos_token_id"], values.get("transformers_js_limit"))
     text = Path(template).read_text()
     if "bleu" not in values:
         for pattern, replacement in UNSCORED:
@@ -118,7 +118,7 @@ def save_for_hub(folder: str | Path, model, tokenizer, results: dict,
     TranslationPipeline(model=model, tokenizer=tokenizer).save_pretrained(folder)
     if sha256_file(weights) != replaced:  # an export of other weights, not made again below, is not left beside these
         made_again = {**dict.fromkeys(CTRANSLATE2_FILES, ctranslate2_quantization is not None),
-                      **dict.fromkeys(ONNX_FILES, onnx)}
+                      **dict.fromkeys(ONNX_FILES + TRANSFORMERS_JS_FILES, onnx)}
         stale = [name for name, made in made_again.items() if not made and (folder / name).is_file()]
         for name in stale:
             (folder / name).unlink()
@@ -135,6 +135,8 @@ def save_for_hub(folder: str | Path, model, tokenizer, results: dict,
         export_onnx(folder, force=True)
         values.update(onnx=True, decoder_start_token_id=model.config.decoder_start_token_id,
                       eos_token_id=model.config.eos_token_id)
+        if (folder / TRANSFORMERS_JS).is_dir():
+            values["transformers_js_limit"] = model.config.max_position_embeddings
     (folder / RESULTS_NAME).write_text(json.dumps(values, indent=2))
     try:
         (folder / "README.md").write_text(render_model_card(values))
@@ -158,7 +160,7 @@ def files_to_upload(folder: str | Path) -> tuple[list[str], list[str]]:
         raise ValueError(f"{folder}: {', '.join(linked)} is a symbolic link, and push sends only plain files; copy "
                          f"the folder with its links resolved (`cp -rL {folder} COPY`) and push the copy")
     present = {p.relative_to(folder).as_posix(): p for p in folder.iterdir()}
-    for subfolder in (CTRANSLATE2_FOLDER, ONNX_FOLDER):
+    for subfolder in (CTRANSLATE2_FOLDER, ONNX_FOLDER, TRANSFORMERS_JS, f"{TRANSFORMERS_JS}/{ONNX_FOLDER}"):
         if (folder / subfolder).is_dir() and not (folder / subfolder).is_symlink():
             present.pop(subfolder)
             present |= {p.relative_to(folder).as_posix(): p for p in (folder / subfolder).iterdir()}

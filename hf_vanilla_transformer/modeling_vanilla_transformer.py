@@ -10,6 +10,7 @@ and dropout of §5.4, computed faster), `decoding` (§6.1) and, to declare it wh
 all of them relatively, so that a saved model folder carries them as remote code.
 """
 
+import contextlib
 import functools
 import inspect
 import math
@@ -17,8 +18,9 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from torch import nn
-from transformers import GenerationMixin, PreTrainedModel
+from transformers import GenerationConfig, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
@@ -32,7 +34,7 @@ from transformers.modeling_outputs import (
 )
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.processing_utils import Unpack
-from transformers.utils import TransformersKwargs, can_return_tuple
+from transformers.utils import SAFE_WEIGHTS_NAME, TransformersKwargs, cached_file, can_return_tuple
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
@@ -91,15 +93,19 @@ def eager_attention_forward(
 
 
 class SinusoidalPositionalEncoding(nn.Module):
-    """§3.5: PE(pos, 2i) = sin(pos / 10000^(2i/d_model)), PE(pos, 2i+1) = cos(pos / 10000^(2i/d_model))."""
+    """§3.5: PE(pos, 2i) = sin(pos / 10000^(2i/d_model)), PE(pos, 2i+1) = cos(pos / 10000^(2i/d_model)); in the
+    "halves" layout (Marian's) the same sines fill the first half of the vector and the cosines the second."""
 
-    def __init__(self, d_model: int):
+    def __init__(self, d_model: int, layout: str = "interleaved"):
         super().__init__()
         self.d_model = d_model
+        self.layout = layout
 
     def forward(self, positions: torch.Tensor) -> torch.Tensor:
         exponents = torch.arange(0, self.d_model, 2, device=positions.device, dtype=torch.float32) / self.d_model
         angles = positions.float()[:, None] / 10000.0**exponents  # (T, d_model/2)
+        if self.layout == "halves":
+            return torch.cat((angles.sin(), angles.cos()), dim=-1)
         return torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(-2)  # (T, d_model), sin and cos interleaved
 
 
@@ -183,7 +189,8 @@ class MultiHeadAttention(nn.Module):
         self.is_causal = is_causal
         self.layer_idx = layer_idx
         self.q_proj = nn.Linear(config.d_model, num_heads * self.key_dim)  # W^Q of all heads
-        self.kv_proj = nn.Linear(config.d_model, num_heads * (self.key_dim + self.head_dim))  # W^K, W^V fused
+        self.k_proj = nn.Linear(config.d_model, num_heads * self.key_dim)  # W^K
+        self.v_proj = nn.Linear(config.d_model, num_heads * self.head_dim)  # W^V
         self.out_proj = nn.Linear(config.d_model, config.d_model)  # W^O
 
     def forward(
@@ -208,9 +215,9 @@ class MultiHeadAttention(nn.Module):
             key, value = layer_cache.layers[self.layer_idx].keys, layer_cache.layers[self.layer_idx].values
         else:
             source = key_value_states if is_cross_attention else hidden_states
-            key, value = self.kv_proj(source).split([self.num_heads * self.key_dim, self.num_heads * self.head_dim], -1)
-            key = key.view(batch_size, -1, self.num_heads, self.key_dim).transpose(1, 2)  # (B, h, S, d_k)
-            value = value.view(batch_size, -1, self.num_heads, self.head_dim).transpose(1, 2)  # (B, h, S, d_v)
+            key = self.k_proj(source).view(batch_size, -1, self.num_heads, self.key_dim).transpose(1, 2)
+            value = self.v_proj(source).view(batch_size, -1, self.num_heads, self.head_dim).transpose(1, 2)
+            # key: (B, h, S, d_k); value: (B, h, S, d_v)
             if position_embeddings is not None:
                 query, key = apply_rotary(query, *position_embeddings), apply_rotary(key, *position_embeddings)
             if cache is not None:
@@ -324,6 +331,26 @@ class DecoderLayer(GradientCheckpointingLayer):
         return self.feed_forward_sublayer(hidden_states, self.feed_forward)
 
 
+def split_fused_key_value_weights(name_or_path, hub_options: dict) -> dict[str, torch.Tensor] | None:
+    """The weights of a saved model whose attention layers have one fused `kv_proj` (W^K and W^V stacked, before
+    0.9), with each split into `k_proj` and `v_proj`; None for any other folder."""
+    path = cached_file(name_or_path, SAFE_WEIGHTS_NAME, _raise_exceptions_for_missing_entries=False,
+                       _raise_exceptions_for_connection_errors=False, **hub_options)
+    if path is None:
+        return None
+    with safe_open(path, "pt") as weights:
+        if not any(".kv_proj." in name for name in weights.keys()):
+            return None
+        state_dict = {name: weights.get_tensor(name) for name in weights.keys()}
+    for name in [name for name in state_dict if ".kv_proj." in name]:
+        fused = state_dict.pop(name)
+        d_model = state_dict[name.replace(".kv_proj.", ".out_proj.")].shape[0]  # h · d_v rows of W^V
+        key, value = fused.split([fused.shape[0] - d_model, d_model])
+        state_dict[name.replace(".kv_proj.", ".k_proj.")] = key
+        state_dict[name.replace(".kv_proj.", ".v_proj.")] = value
+    return state_dict
+
+
 class VanillaTransformerPreTrainedModel(PreTrainedModel):
     config: VanillaTransformerConfig
     config_class = VanillaTransformerConfig
@@ -349,6 +376,23 @@ class VanillaTransformerPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.LayerNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """`PreTrainedModel.from_pretrained`; the weights of a folder saved when the key and value projections were
+        one fused `kv_proj` (before 0.9) are split into `k_proj` and `v_proj` on load."""
+        if pretrained_model_name_or_path is None or kwargs.get("state_dict") is not None:
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        hub = {name: kwargs.pop(name) for name in ("cache_dir", "force_download", "local_files_only", "token",
+                                                   "revision", "subfolder") if kwargs.get(name) is not None}
+        state_dict = split_fused_key_value_weights(pretrained_model_name_or_path, hub)
+        if state_dict is None:
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs, **hub)
+        config = kwargs.pop("config", None) or cls.config_class.from_pretrained(pretrained_model_name_or_path, **hub)
+        model = super().from_pretrained(None, *model_args, config=config, state_dict=state_dict, **kwargs)
+        with contextlib.suppress(OSError):  # the folder's own, as a load from it reads it
+            model.generation_config = GenerationConfig.from_pretrained(pretrained_model_name_or_path, **hub)
+        return model
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """`PreTrainedModel.save_pretrained`, declaring the translation pipeline in config.json; its source is saved
@@ -388,7 +432,7 @@ class VanillaTransformerStack(VanillaTransformerPreTrainedModel):
         kind = config.position_embedding_type
         self.embed_positions = None  # added to the embeddings: §3.5's sinusoids or Table 3's learned vectors (E)
         if kind == "sinusoidal":
-            self.embed_positions = SinusoidalPositionalEncoding(config.d_model)
+            self.embed_positions = SinusoidalPositionalEncoding(config.d_model, config.sinusoid_layout)
         elif kind == "learned":
             self.embed_positions = LearnedPositionalEmbedding(config.max_position_embeddings, config.d_model)
         self.rotary = RotaryPositionalEmbedding(config.key_dim(num_heads)) if kind == "rope" else None
@@ -616,6 +660,8 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
         super().__init__(config)
         self.model = VanillaTransformerModel(config)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)  # the pre-softmax projection
+        if config.final_logits_bias:  # fixed, as Marian's (`convert.from_marian`)
+            self.register_buffer("final_logits_bias", torch.zeros(1, config.vocab_size))
         if config.share_encoder_decoder_embeddings:
             self._tied_weights_keys = {"lm_head.weight": "model.encoder.embed_tokens.weight",
                                        "model.decoder.embed_tokens.weight": "model.encoder.embed_tokens.weight"}
@@ -670,6 +716,8 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
             **kwargs,
         )
         logits = self.lm_head(outputs.last_hidden_state)
+        if self.config.final_logits_bias:
+            logits = logits + self.final_logits_bias
 
         loss = None
         if labels is not None:

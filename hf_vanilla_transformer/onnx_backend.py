@@ -19,8 +19,10 @@ per-sentence limit): the model of the `translate`, `evaluate_bleu` and benchmark
 import argparse
 import hashlib
 import importlib.util
+import json
 import logging
 import os
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -37,6 +39,8 @@ from .loading import load_model_and_tokenizer, local_folder, model_location, sha
 from .modeling_vanilla_transformer import CACHE_NAME
 from .tokenization import check_tokenizer_matches_model
 
+logger = logging.getLogger(__name__)
+
 INSTALL_HINT = 'pip install "hf-vanilla-transformer[onnx]" (onnxruntime; onnx and onnxscript to export)'
 FOLDER = "onnx"
 ENCODER, DECODER = "encoder_model", "decoder_model_merged"
@@ -46,6 +50,10 @@ WEIGHTS_KEY = "model.safetensors sha256"  # the graphs' metadata: the weights th
 TRACE_SIZE = 2  # every dynamic dimension is traced at >= 2: the exporter fixes a size-1 dimension to the constant 1
 
 ONNX_FILES = tuple(f"{FOLDER}/{graph}{suffix}.onnx" for graph in (ENCODER, DECODER) for suffix in VARIANTS.values())
+# A model folder of its own that transformers.js loads as it is (`write_transformers_js_folder`).
+TRANSFORMERS_JS = "transformers.js"
+TRANSFORMERS_JS_FILES = tuple(f"{TRANSFORMERS_JS}/{name}" for name in (
+    "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", *ONNX_FILES))
 USAGE = """The folder `{folder}/` holds the model in [ONNX](https://onnx.ai), float32 (`{encoder}.onnx`,
 `{decoder}.onnx`) and int8 (`*_quantized.onnx`): the files [ONNX Runtime](https://onnxruntime.ai) and
 transformers.js read. With `hf-vanilla-transformer[onnx]`, `python -m hf_vanilla_transformer.translate --model FOLDER
@@ -79,12 +87,32 @@ for step in range(source["input_ids"].shape[1] + {extra_tokens} - 1):  # §6.1: 
 print(tokenizer.decode(tokens, skip_special_tokens=True))
 ```
 """
+TRANSFORMERS_JS_USAGE = """
+In JavaScript, [transformers.js](https://huggingface.co/docs/transformers.js) loads the folder `{js}/` as it is (its
+own config.json, which names the architecture transformers.js knows by the same fields, `marian`; the same graphs).
+Its `generate` decodes greedily (it has no beam search; beam search is this project's, ONNX Runtime's through
+`--backend onnx`, and CTranslate2's), up to {limit} tokens; translate one sentence per call, since in a batch its
+pipeline keeps what a finished sentence's row samples after its end. With the folder downloaded:
+
+```js
+import {{ env, pipeline }} from "@huggingface/transformers";
+
+env.localModelPath = "PATH/TO/{name}";  // the model folder, which holds {js}/
+const translator = await pipeline("translation", "{js}");
+console.log((await translator("{example}"))[0].translation_text);
+```
+"""
 
 
-def usage(repo_id: str, example: str, start: int, eos: int) -> str:
-    """The model card's section on the ONNX files."""
-    return USAGE.format(folder=FOLDER, encoder=ENCODER, decoder=DECODER, repo_id=repo_id, example=example,
+def usage(repo_id: str, example: str, start: int, eos: int, limit: int | None = None) -> str:
+    """The model card's section on the ONNX files; with `limit` (the model's `max_position_embeddings`: a folder
+    with a `transformers.js/` export), also on transformers.js."""
+    text = USAGE.format(folder=FOLDER, encoder=ENCODER, decoder=DECODER, repo_id=repo_id, example=example,
                         start=start, eos=eos, extra_tokens=EXTRA_OUTPUT_TOKENS)
+    if limit is not None:
+        text += TRANSFORMERS_JS_USAGE.format(js=TRANSFORMERS_JS, limit=limit, name=repo_id.split("/")[-1],
+                                             example=example)
+    return text
 
 
 def import_onnxruntime():
@@ -304,7 +332,7 @@ def export_onnx(model_dir: str | Path, output_dir: str | Path | None = None, qua
     model.set_attn_implementation("eager")  # the attention weights are among the graphs' outputs
     output_dir = Path(model_dir if output_dir is None else output_dir)
     folder = output_dir / FOLDER
-    existing = [output_dir / name for name in ONNX_FILES if (output_dir / name).exists()]
+    existing = [output_dir / name for name in ONNX_FILES + TRANSFORMERS_JS_FILES if (output_dir / name).exists()]
     if existing and not force:
         raise FileExistsError(f"{existing[0]} exists: pass --force to replace the ONNX files")
     for path in existing:  # an earlier export's files, the int8 ones too where this one has none: never mixed
@@ -321,7 +349,37 @@ def export_onnx(model_dir: str | Path, output_dir: str | Path | None = None, qua
         model.config.save_pretrained(output_dir)
         model.generation_config.save_pretrained(output_dir)
         tokenizer.save_pretrained(output_dir)
+    write_transformers_js_folder(output_dir, model, tokenizer)
     return output_dir
+
+
+def write_transformers_js_folder(output_dir: Path, model, tokenizer) -> None:
+    """`output_dir/transformers.js/`: the export as a model folder transformers.js loads without an override. Its
+    config.json names the encoder-decoder Transformer transformers.js knows by the same field names, `marian` (this
+    model exports as one: post-LN or pre-LN, positions, output bias, all in the graphs); its generation config sets
+    transformers.js's greedy search (it has no beam search) a limit of `max_position_embeddings` tokens; the tokenizer
+    and the ONNX graphs (hard links to `onnx/`'s, copies where a link cannot be made) come along. A model with
+    Table 3's narrower d_k is left out, with a warning: transformers.js sizes the cache from d_model / h."""
+    if model.config.attention_key_dim not in (None, model.config.d_model // model.config.encoder_attention_heads):
+        logger.warning("%s: no %s/ folder: transformers.js sizes the key-value cache from d_model / h, and this "
+                       "model's d_k is %d", output_dir, TRANSFORMERS_JS, model.config.attention_key_dim)
+        return
+    folder = output_dir / TRANSFORMERS_JS
+    (folder / FOLDER).mkdir(parents=True, exist_ok=True)
+    config = {name: value for name, value in model.config.to_dict().items()
+              if name not in ("auto_map", "custom_pipelines")}
+    (folder / "config.json").write_text(json.dumps({**config, "model_type": "marian",
+                                                    "architectures": ["MarianMTModel"]}, indent=2))
+    ids = {name: getattr(model.config, name) for name in ("decoder_start_token_id", "bos_token_id", "eos_token_id",
+                                                          "pad_token_id")}
+    GenerationConfig(**ids, num_beams=1, max_length=model.config.max_position_embeddings).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    for name in ONNX_FILES:
+        if (output_dir / name).is_file():
+            try:
+                os.link(output_dir / name, folder / name)
+            except OSError:  # another filesystem, or one without links
+                shutil.copyfile(output_dir / name, folder / name)
 
 
 def exported_from(path: Path) -> str | None:
@@ -346,7 +404,8 @@ def check_export(folder: str | Path) -> None:
         import onnx  # noqa: F401
     except ImportError:
         raise ImportError(f"checking {folder / FOLDER} needs onnx: {INSTALL_HINT}") from None
-    graphs = {name: exported_from(folder / name) for name in ONNX_FILES if (folder / name).is_file()}
+    graphs = {name: exported_from(folder / name) for name in ONNX_FILES + TRANSFORMERS_JS_FILES
+              if name.endswith(".onnx") and (folder / name).is_file()}
     weights = folder / "model.safetensors"
     if weights.is_file():
         expected = sha256_file(weights)

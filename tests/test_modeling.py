@@ -383,3 +383,27 @@ def test_the_model_compiles_whole_and_trains_as_in_eager_mode():
     dropout = VanillaTransformerForConditionalGeneration(tiny_config(dropout=0.1)).train()
     input_ids, attention_mask, labels = batch()
     torch.compile(dropout, fullgraph=True)(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+
+
+@pytest.mark.parametrize("attention_key_dim", [None, 4])
+def test_a_folder_saved_with_fused_key_value_projections_loads_split(tmp_path, attention_key_dim, recwarn):
+    """Folders saved before 0.9 hold each attention layer's W^K and W^V stacked in one `kv_proj` (its first h · d_k
+    rows the keys'): loaded, they are split into `k_proj` and `v_proj`, and give the same logits, without a
+    warning of missing or unexpected weights."""
+    torch.manual_seed(0)
+    model = VanillaTransformerForConditionalGeneration(tiny_config(attention_key_dim=attention_key_dim)).eval()
+    model.generation_config.num_beams = 3
+    model.save_pretrained(tmp_path / "old")
+    weights = load_file(tmp_path / "old" / "model.safetensors")
+    for name in [name for name in weights if ".k_proj." in name]:  # the layout the fused projection was saved in
+        weights[name.replace(".k_proj.", ".kv_proj.")] = torch.cat([weights.pop(name),
+                                                                   weights.pop(name.replace(".k_proj.", ".v_proj."))])
+    save_file(weights, tmp_path / "old" / "model.safetensors", metadata={"format": "pt"})
+    loaded = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "old", trust_remote_code=True).eval()
+    input_ids, attention_mask, decoder_input_ids = batch()
+    with torch.no_grad():
+        expected = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids)
+        actual = loaded(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids)
+    torch.testing.assert_close(actual.logits, expected.logits, rtol=0, atol=0)
+    assert loaded.generation_config.num_beams == 3
+    assert not [w for w in recwarn.list if "kv_proj" in str(w.message) or "newly initialized" in str(w.message)]

@@ -203,7 +203,8 @@ def test_a_smaller_key_size_keeps_cache_sdpa_and_saving_exact(tmp_path, kind):
     """Table 3, row B: d_k = 4 with h = 4 heads of d_v = 8; the queries and keys shrink, the values keep their size."""
     model = make_model(kind, attention_key_dim=4)
     attention = model.model.encoder.layers[0].self_attn
-    assert attention.q_proj.out_features == 4 * 4 and attention.kv_proj.out_features == 4 * 4 + 32
+    assert attention.q_proj.out_features == attention.k_proj.out_features == 4 * 4
+    assert attention.v_proj.out_features == 32
     assert attention.scaling == 4**-0.5
     input_ids, attention_mask, decoder_input_ids = batch()
     eager = make_model(kind, attention_key_dim=4, attn_implementation="eager")
