@@ -191,6 +191,7 @@ class MultiHeadAttention(nn.Module):
         self.q_proj = nn.Linear(config.d_model, num_heads * self.key_dim)  # W^Q of all heads
         self.k_proj = nn.Linear(config.d_model, num_heads * self.key_dim)  # W^K
         self.v_proj = nn.Linear(config.d_model, num_heads * self.head_dim)  # W^V
+        self.k_proj.drawn_with = (self.v_proj,)  # W^K and W^V are initialised as one matrix (`_init_weights`)
         self.out_proj = nn.Linear(config.d_model, config.d_model)  # W^O
 
     def forward(
@@ -364,11 +365,19 @@ class VanillaTransformerPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module: nn.Module):
         """Embeddings ~ N(0, init_std²) with init_std = d_model^-0.5 by default, so that sqrt(d_model)-scaled
-        embeddings (§3.4) have unit variance; linear layers Glorot-uniform; LayerNorm the identity."""
+        embeddings (§3.4) have unit variance; linear layers Glorot-uniform (W^K and W^V of a layer drawn as one
+        stacked matrix, as when they were one fused projection, so that a seed gives the same model); LayerNorm the
+        identity."""
         if isinstance(module, nn.Linear):
-            init.xavier_uniform_(module.weight)
-            if module.bias is not None:
-                init.zeros_(module.bias)
+            stacked = (module, *getattr(module, "drawn_with", ()))
+            weight = torch.empty(sum(part.out_features for part in stacked), module.in_features,
+                                 device=module.weight.device, dtype=module.weight.dtype)
+            init.xavier_uniform_(weight)
+            for part, rows in zip(stacked, weight.split([part.out_features for part in stacked])):
+                init.copy_(part.weight, rows)
+                if part.bias is not None:
+                    init.zeros_(part.bias)
+                part._is_hf_initialized = True
         elif isinstance(module, nn.Embedding):
             init.normal_(module.weight, mean=0.0, std=self.config.init_std)
             if module.padding_idx is not None and not getattr(module.weight, "_is_hf_initialized", False):
