@@ -14,6 +14,7 @@ import time
 from contextlib import redirect_stderr
 from unittest import mock
 
+import pytest
 import torch
 from conftest import ROOT, run_module
 from safetensors.torch import load_file
@@ -464,3 +465,22 @@ def test_the_wmt14_recipe_runs_end_to_end_on_two_processes_at_tiny_scale(tmp_pat
     steps = [r["step"] for r in log(output) if "eval_loss" in r]
     assert steps == [3, 6]  # validation shared by both processes, on its schedule
     assert all(0 < r["target_tokens_per_step"] <= 4096 for r in log(output) if "train_loss" in r)  # as run
+
+
+def test_torch_compile_and_loader_workers_train_as_the_plain_run_and_resume(tmp_path):
+    """--torch_compile (the training forward compiled) and --dataloader_num_workers 2 (batches collated in other
+    processes): the same batches and, within float tolerance, the same losses as the plain run; the compiled run's
+    checkpoint resumes and the run saves its model."""
+    common = ["--max_steps", "10", "--logging_steps", "1", "--dropout", "0", "--eval_bleu_samples", "0",
+              "--checkpointing_steps", "5", "--eval_steps", "10"]
+    fast_flags = ["--torch_compile", "--dataloader_num_workers", "2"]
+    train(tmp_path, tmp_path / "plain", *common)
+    train(tmp_path, tmp_path / "fast", *common, *fast_flags)
+    plain = [(r["step"], r["train_loss"], r["target_tokens"]) for r in log(tmp_path / "plain") if "train_loss" in r]
+    fast = [(r["step"], r["train_loss"], r["target_tokens"]) for r in log(tmp_path / "fast") if "train_loss" in r]
+    assert [(step, tokens) for step, _, tokens in fast] == [(step, tokens) for step, _, tokens in plain]
+    assert [loss for _, loss, _ in fast] == pytest.approx([loss for _, loss, _ in plain], rel=1e-4)
+    train(tmp_path, tmp_path / "fast", "--max_steps", "15", "--resume_from_checkpoint", "latest", *common[2:],
+          *fast_flags)
+    assert [r["step"] for r in log(tmp_path / "fast") if "train_loss" in r][-1] == 15
+    assert (tmp_path / "fast" / "model" / "model.safetensors").is_file()

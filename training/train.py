@@ -749,6 +749,7 @@ def train_step(run: Run, micro_batches: list, steps: Steps) -> torch.Tensor:
     the device). A non-finite gradient skips the update, on the device: fused Adam's `found_inf`, as loss scaling
     uses it."""
     accelerator, model = run.accelerator, run.model
+    forward = model if run.compiled is None else run.compiled  # (a compiled module has no truth value)
     # The step's target tokens, counted on the host before the copy, and a stop request, summed over the processes
     # in one reduction: a step's loss is its summed token losses over all its target tokens, whatever the process
     # count, and every process learns whether any was asked to stop.
@@ -763,8 +764,8 @@ def train_step(run: Run, micro_batches: list, steps: Steps) -> torch.Tensor:
         decoder_input_ids = run.unwrapped.prepare_decoder_input_ids_from_labels(batch["labels"])  # §3.1's offset
         with nullcontext() if i == len(micro_batches) - 1 else accelerator.no_sync(model):
             with accelerator.autocast():
-                logits = (run.compiled or model)(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                                 decoder_input_ids=decoder_input_ids).logits
+                logits = forward(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                 decoder_input_ids=decoder_input_ids).logits
                 loss = label_smoothed_loss(logits, batch["labels"], run.args.label_smoothing) / normalizer
             accelerator.backward(loss)
         step_loss += loss.detach()
