@@ -39,7 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.bench_data import cpu_name  # noqa: E402
-from benchmarks.bench_vs_marian import build, gemm_peak, prepare_batches, timed  # noqa: E402
+from benchmarks.bench_vs_marian import build, gemm_peak, prepare_batches, save_batches, timed  # noqa: E402
 from training.train import main_job_model, native_mixed_precision  # noqa: E402
 
 LEVERS = {  # name: what it changes against the main job's step
@@ -95,10 +95,8 @@ def measure(args: argparse.Namespace, data_dir: str) -> dict:
 def wmt_shaped_batches(args: argparse.Namespace, data_dir: Path) -> None:
     """batches.pt of WMT14-shaped pairs (`--shape wmt`): Multi30k's, tokenized in a 6,000 BPE vocabulary, 1 to 3
     pairs joined into one (as `bench_data.make_corpus` writes its corpus), ids spread over `--vocab_size`."""
-    from transformers import DataCollatorForSeq2Seq
-
     from hf_vanilla_transformer import train_tokenizer
-    from training.data import TokenBatchSampler, load_translation_dataset, tokenize
+    from training.data import load_translation_dataset, tokenize
 
     pairs = load_translation_dataset("de", "en")["train"]["translation"]
     tokenizer = train_tokenizer([p["de"] for p in pairs] + [p["en"] for p in pairs], vocab_size=6000)
@@ -111,17 +109,7 @@ def wmt_shaped_batches(args: argparse.Namespace, data_dir: Path) -> None:
         source, target = ([ids for row in joined[side] for ids in row[:-1]] + [2] for side in ("input_ids", "labels"))
         rows.append({"input_ids": spread[source].tolist(), "labels": spread[target].tolist()})
         start += len(joined["input_ids"])
-    sampler = TokenBatchSampler([max(len(r["input_ids"]), len(r["labels"])) for r in rows], args.max_tokens, seed=0)
-    collate = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
-    batches = []
-    for indices in list(sampler)[: args.steps]:
-        batch = dict(collate([rows[i] for i in indices]))
-        labels = batch["labels"]
-        decoder_input_ids = labels.new_full(labels.shape, tokenizer.pad_token_id)
-        decoder_input_ids[:, 1:] = labels[:, :-1].clamp(min=0)
-        decoder_input_ids[:, 0] = tokenizer.bos_token_id
-        batches.append({**batch, "decoder_input_ids": decoder_input_ids})
-    torch.save(batches, data_dir / "batches.pt")
+    save_batches(rows, [max(len(r["input_ids"]), len(r["labels"])) for r in rows], tokenizer, args, data_dir)
     args.split_target_tokens = sum(len(r["labels"]) for r in rows)
 
 

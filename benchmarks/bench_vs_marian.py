@@ -213,29 +213,33 @@ def gemm_peak(args) -> float:
 
 
 def prepare_batches(args, data_dir: Path) -> None:
-    from transformers import DataCollatorForSeq2Seq
-
     from hf_vanilla_transformer import train_tokenizer
-    from training.data import TokenBatchSampler, lengths, load_translation_dataset, tokenize
+    from training.data import lengths, load_translation_dataset, tokenize
 
     splits = load_translation_dataset("de", "en")
     pairs = splits["train"]["translation"]
     tokenizer = train_tokenizer([p["de"] for p in pairs] + [p["en"] for p in pairs], vocab_size=args.vocab_size)
     data = tokenize(splits["train"], tokenizer, "de", "en", max_length=256)
-    sampler = TokenBatchSampler(lengths(data), args.max_tokens, seed=0)
-    collate = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
-    rows = data.remove_columns("length")
-    batches = []
-    for indices in list(sampler)[: args.steps]:
-        batch = dict(collate([rows[i] for i in indices]))
-        labels = batch["labels"]
-        decoder_input_ids = labels.new_full(labels.shape, tokenizer.pad_token_id)
-        decoder_input_ids[:, 1:] = labels[:, :-1].clamp(min=0)
-        decoder_input_ids[:, 0] = tokenizer.bos_token_id
-        batches.append({**batch, "decoder_input_ids": decoder_input_ids})
-    torch.save(batches, data_dir / "batches.pt")
+    save_batches(data.remove_columns("length"), lengths(data), tokenizer, args, data_dir)
     args.vocab_size = len(tokenizer)
     args.split_target_tokens = sum(map(len, data["labels"]))  # an epoch's, in this vocabulary
+
+
+def save_batches(rows, lengths, tokenizer, args, data_dir: Path) -> None:
+    """batches.pt: the first `args.steps` batches the token sampler cuts from `rows` (pairs of ids, of `lengths`),
+    collated with their decoder inputs (the labels shifted right, §3.1)."""
+    from transformers import DataCollatorForSeq2Seq
+
+    from hf_vanilla_transformer.modeling_vanilla_transformer import shift_tokens_right
+    from training.data import TokenBatchSampler
+
+    collate = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
+    batches = []
+    for indices in list(TokenBatchSampler(lengths, args.max_tokens, seed=0))[: args.steps]:
+        batch = dict(collate([rows[i] for i in indices]))
+        decoder_input_ids = shift_tokens_right(batch["labels"], tokenizer.pad_token_id, tokenizer.bos_token_id)
+        batches.append({**batch, "decoder_input_ids": decoder_input_ids})
+    torch.save(batches, data_dir / "batches.pt")
 
 
 def main(argv=None) -> dict:

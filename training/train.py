@@ -406,8 +406,7 @@ def start(args) -> Run:
     on_gpu = accelerator.device.type == "cuda"
     if args.dataloader_num_workers is None:
         args.dataloader_num_workers = 2 if on_gpu else 0
-    if args.dataloader_pin_memory is None:
-        args.dataloader_pin_memory = on_gpu
+    args.dataloader_pin_memory = on_gpu and args.dataloader_pin_memory is not False  # nothing to pin for without one
     run = Run(args, accelerator, output)
     run.peers = distributed.processes(accelerator)
     run.machine_choices = main_job_choices(args, run.checkpoint_root)
@@ -605,8 +604,7 @@ def prepare_training(run: Run) -> None:
     workers = args.dataloader_num_workers
     run.train_loader = DataLoader(run.data["train"].remove_columns("length"), batch_sampler=sampler,
                                   collate_fn=run.collator, generator=torch.Generator(), num_workers=workers,
-                                  persistent_workers=workers > 0,
-                                  pin_memory=args.dataloader_pin_memory and accelerator.device.type == "cuda")
+                                  persistent_workers=workers > 0, pin_memory=args.dataloader_pin_memory)
     run.steps_per_epoch = len(sampler) // args.gradient_accumulation_steps
     run.max_steps = args.max_steps or math.ceil(args.num_train_epochs * run.steps_per_epoch)
 
