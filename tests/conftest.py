@@ -92,6 +92,24 @@ def briefly_trained(tokenizer, pairs, **overrides):
     return model.eval()
 
 
+def step_run(tmp_path, accelerator, model, tokenizer, pairs, count: int):
+    """A `training.train.Run` whose `train_step` trains `model` (ε_ls 0.1, no clipping, §5.3's Adam) as `accelerator`
+    prepares it, with its optimizer, and `count` Multi30k pairs as features with their collator."""
+    import argparse
+
+    from transformers import DataCollatorForSeq2Seq
+
+    from training.recipe import paper_optimizer
+    from training.train import Run
+
+    optimizer, scheduler = paper_optimizer(model, warmup_steps=4, learning_rate=1e-3)
+    run = Run(argparse.Namespace(max_grad_norm=0.0, label_smoothing=0.1), accelerator, tmp_path, unwrapped=model)
+    run.model, run.optimizer, run.scheduler = accelerator.prepare(model, optimizer, scheduler)
+    features = [{"input_ids": tokenizer(de)["input_ids"], "labels": tokenizer(text_target=en)["input_ids"]}
+                for de, en in pairs[:count]]
+    return run, optimizer, DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100), features
+
+
 def assert_each_sentence_keeps_its_own_limit(tokenizer, to_backend) -> None:
     """A model that never ends a sentence (its EOS output weights are zero) runs into §6.1's limit: each sentence
     of a batch gets its own source length + 50 tokens (the last an EOS) from `to_backend(model)` (another backend's

@@ -7,7 +7,7 @@ import os
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import step_run, tiny_config
 
 from hf_vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
 
@@ -103,25 +103,19 @@ def test_cached_generation_matches_uncached_on_gpu():
 def test_training_steps_between_logs_never_wait_for_the_gpu(tokenizer, pairs, tmp_path):
     """The step is queued without a host synchronisation (CUDA's sync debug mode raises on any), loss scaling aside;
     its flags are read a step later, and the losses equal the plain loop's."""
-    import argparse
     import copy
 
     from accelerate import Accelerator
-    from transformers import BatchEncoding, DataCollatorForSeq2Seq
+    from transformers import BatchEncoding
 
-    from training.recipe import label_smoothed_loss, paper_optimizer
-    from training.train import Run, Steps, train_step
+    from training.recipe import label_smoothed_loss
+    from training.train import Steps, train_step
 
     torch.manual_seed(0)
     accelerator = Accelerator(mixed_precision="bf16")
     model = VanillaTransformerForConditionalGeneration(tiny_config(dropout=0.0)).cuda()
     reference = copy.deepcopy(model)
-    optimizer, scheduler = paper_optimizer(model, warmup_steps=4, learning_rate=1e-3)
-    run = Run(argparse.Namespace(max_grad_norm=0.0, label_smoothing=0.1), accelerator, tmp_path, unwrapped=model)
-    run.model, run.optimizer, run.scheduler = accelerator.prepare(model, optimizer, scheduler)
-    collate = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
-    features = [{"input_ids": tokenizer(de)["input_ids"], "labels": tokenizer(text_target=en)["input_ids"]}
-                for de, en in pairs[:64]]
+    run, _, collate, features = step_run(tmp_path, accelerator, model, tokenizer, pairs, 64)
     batches = [BatchEncoding({name: tensor.pin_memory() for name, tensor in collate(features[i : i + 16]).items()})
                for i in range(0, 64, 16)]
     steps = Steps()

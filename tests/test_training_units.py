@@ -13,7 +13,7 @@ import pytest
 import sacrebleu
 import torch
 from accelerate import Accelerator
-from conftest import MULTI30K, tiny_config
+from conftest import MULTI30K, step_run, tiny_config
 from safetensors.torch import save_file
 from transformers import DataCollatorForSeq2Seq
 
@@ -447,11 +447,9 @@ def test_the_queued_training_step_equals_the_plain_step_and_skips_a_non_finite_u
     """`train_step` reads nothing back from the device (the host learns a step's tokens, stop request and finite
     gradient a step later, `Steps.settle`), and skips a non-finite update on the device (fused Adam's `found_inf`):
     losses, weights and Adam's state equal the plain step's, which checks the norm on the host, step by step."""
-    import argparse
-
     from transformers import BatchEncoding
 
-    from training.train import Run, Steps, train_step
+    from training.train import Steps, train_step
 
     torch.manual_seed(0)
     accelerator = Accelerator(cpu=True)
@@ -460,13 +458,8 @@ def test_the_queued_training_step_equals_the_plain_step_and_skips_a_non_finite_u
     poisoned = {"step": None}
     for net in (model, reference):  # step 2's gradient is NaN in both
         net.lm_head.weight.register_hook(lambda grad: grad * math.nan if poisoned["step"] == 2 else grad)
-    optimizer, scheduler = paper_optimizer(model, warmup_steps=4, learning_rate=1e-3)
     reference_optimizer, reference_scheduler = paper_optimizer(reference, warmup_steps=4, learning_rate=1e-3)
-    run = Run(argparse.Namespace(max_grad_norm=0.0, label_smoothing=0.1), accelerator, tmp_path, unwrapped=model)
-    run.model, run.optimizer, run.scheduler = accelerator.prepare(model, optimizer, scheduler)
-    collate = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
-    features = [{"input_ids": tokenizer(de)["input_ids"], "labels": tokenizer(text_target=en)["input_ids"]}
-                for de, en in pairs[:32]]
+    run, optimizer, collate, features = step_run(tmp_path, accelerator, model, tokenizer, pairs, 32)
     steps, tokens, skipped = Steps(), 0, []
     for step in range(1, 5):
         poisoned["step"] = step
