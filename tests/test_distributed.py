@@ -149,7 +149,9 @@ def test_a_hung_process_ends_the_others_after_ddp_timeout_with_one_message(tmp_p
     launcher.communicate(timeout=120)
     assert message is not None and message.startswith("Rank 0 of 2 lost the other processes at step ")
     assert "a process did not answer for --ddp_timeout 5 s" in message, message
-    assert 5 <= waited < 20, waited
+    # rank 0 may already have been waiting in a collective when rank 1 stopped, so the wait counted from the stop
+    # can fall short of --ddp_timeout by up to one training step (a CI run measured 4.9986 s)
+    assert 4 <= waited < 20, waited
 
 
 def two_machines(tmp_path, *args) -> list[subprocess.CompletedProcess]:
