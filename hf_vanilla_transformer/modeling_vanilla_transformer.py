@@ -463,10 +463,14 @@ class VanillaTransformerStack(VanillaTransformerPreTrainedModel):
             )
         return torch.arange(past_length, past_length + length, device=inputs_embeds.device)
 
+    @property
+    def embed_scale(self) -> float:
+        """§3.4: "In the embedding layers, we multiply those weights by sqrt(d_model)" (1 without `scale_embedding`)."""
+        return math.sqrt(self.config.d_model) if self.config.scale_embedding else 1.0
+
     def embed(self, inputs_embeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """§3.4–3.5: sqrt(d_model) · embeddings (+ positional encodings when added), then dropout (§5.4)."""
-        scale = math.sqrt(self.config.d_model) if self.config.scale_embedding else 1.0
-        hidden_states = inputs_embeds * scale
+        hidden_states = inputs_embeds * self.embed_scale
         if self.embed_positions is not None:
             hidden_states = hidden_states + self.embed_positions(positions).to(inputs_embeds.dtype)
         return self.dropout(hidden_states)

@@ -139,31 +139,61 @@ def past_names(config: VanillaTransformerConfig, prefix: str = "past_key_values"
 
 
 def attention_names(config: VanillaTransformerConfig, kind: str) -> list[str]:
-    """The graphs' attention-weight outputs, one per layer: `encoder_attentions.{i}` (the encoder's self-attention,
-    (batch, heads, source, source)) or `cross_attentions.{i}` (encoder-decoder attention, (batch, heads, target,
-    source)), which the browser page draws."""
+    """The graphs' attention-weight outputs, one per layer, which the browser page draws: `encoder_attentions.{i}`
+    (the encoder's self-attention, (batch, heads, source, source)), `decoder_attentions.{i}` (the decoder's masked
+    self-attention, (batch, heads, target, past + target)) or `cross_attentions.{i}` (encoder-decoder attention,
+    (batch, heads, target, source))."""
     layers = config.encoder_layers if kind == "encoder_attentions" else config.decoder_layers
     return [f"{kind}.{i}" for i in range(layers)]
 
 
+def principal_axes(matrix: torch.Tensor, count: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean of `matrix`'s rows and its first `count` principal axes (d, count), each signed so that its largest
+    component is positive: the rows' PCA, through the SVD of the centred matrix in float64."""
+    rows = matrix.detach().double()
+    mean = rows.mean(0)
+    axes = torch.linalg.svd(rows - mean, full_matrices=False).Vh[:count].T
+    signs = axes.gather(0, axes.abs().argmax(0, keepdim=True)).sign()
+    return mean.float(), (axes * signs).float()
+
+
+def embedding_names(config: VanillaTransformerConfig) -> list[str]:
+    """The encoder graph's outputs after the attention weights, what the browser page draws of the input (§3.4–3.5):
+    `inputs_embeds` (the source's embeddings × sqrt(d_model), (batch, source, d_model)), `position_encodings` (the
+    vectors added for positions 0 .. source - 1, (source, d_model); sinusoidal and learned positions only) and
+    `embedding_map` (every vocabulary entry's scaled embedding on the two principal axes of the shared embedding
+    matrix, (vocab, 2))."""
+    added = config.position_embedding_type in ("sinusoidal", "learned")
+    return ["inputs_embeds", *(["position_encodings"] if added else []), "embedding_map"]
+
+
 class EncoderGraph(nn.Module):
-    """The encoder stack (§3.1) as the exported graph sees it: source ids and mask in, the encoder output and each
-    layer's attention weights out."""
+    """The encoder stack (§3.1) as the exported graph sees it: source ids and mask in; out, the encoder output, each
+    layer's attention weights and the embedded input (`embedding_names`)."""
 
     def __init__(self, model):
         super().__init__()
         self.encoder = model.get_encoder()
+        embeddings = self.encoder.embed_tokens.weight * self.encoder.embed_scale
+        mean, axes = principal_axes(embeddings)
+        self.register_buffer("mean", mean, persistent=False)
+        self.register_buffer("axes", axes, persistent=False)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
         outputs = self.encoder(input_ids=input_ids, attention_mask=attention_mask, output_attentions=True)
-        return outputs.last_hidden_state, *outputs.attentions
+        scale, embed_positions = self.encoder.embed_scale, self.encoder.embed_positions
+        positions = [] if embed_positions is None else [embed_positions(torch.arange(input_ids.shape[1]))]
+        embedding_map = (self.encoder.embed_tokens.weight * scale - self.mean) @ self.axes
+        return (outputs.last_hidden_state, *outputs.attentions, self.encoder.embed_tokens(input_ids) * scale,
+                *positions, embedding_map)
 
 
 class DecoderGraph(nn.Module):
     """The decoder stack and output projection (§3.1, §3.4) over a key-value cache given as plain tensors: empty
     (`past` not given, the first step, which projects the encoder output into keys and values) or the cache of
     the previous steps (the encoder's keys and values already projected). Returns the logits, the cache after
-    the new tokens (flat, in `past_names` order) and each layer's encoder-decoder attention weights."""
+    the new tokens (flat, in `past_names` order), each layer's encoder-decoder attention weights and each layer's
+    masked self-attention weights."""
 
     def __init__(self, model):
         super().__init__()
@@ -182,7 +212,7 @@ class DecoderGraph(nn.Module):
         present = []
         for self_layer, cross_layer in zip(cache.self_attention_cache.layers, cache.cross_attention_cache.layers):
             present += [self_layer.keys, self_layer.values, cross_layer.keys, cross_layer.values]
-        return outputs.logits, *present, *outputs.cross_attentions
+        return outputs.logits, *present, *outputs.cross_attentions, *outputs.decoder_attentions
 
 
 def trace_onnx(module: nn.Module, args: tuple, names: list[str], output_names: list[str], dynamic: dict):
@@ -277,7 +307,8 @@ def export_graphs(model) -> tuple:
     mask = torch.ones_like(input_ids)
     encoder = EncoderGraph(model).eval()
     encoder_graph = trace_onnx(encoder, (input_ids, mask), ["input_ids", "attention_mask"],
-                               ["last_hidden_state", *attention_names(config, "encoder_attentions")],
+                               ["last_hidden_state", *attention_names(config, "encoder_attentions"),
+                                *embedding_names(config)],
                                {"input_ids": source, "attention_mask": source})
     with torch.no_grad():
         hidden = encoder(input_ids, mask)[0]
@@ -286,7 +317,8 @@ def export_graphs(model) -> tuple:
     names = ["input_ids", "encoder_attention_mask", "encoder_hidden_states"]
     dynamic = {"input_ids": {**batch, 1: "decoder_sequence_length"}, "encoder_attention_mask": source,
                "encoder_hidden_states": source}
-    outputs = ["logits", *past_names(config, "present"), *attention_names(config, "cross_attentions")]
+    outputs = ["logits", *past_names(config, "present"), *attention_names(config, "cross_attentions"),
+               *attention_names(config, "decoder_attentions")]
     first_step = trace_onnx(DecoderGraph(model), (decoder_ids, mask, hidden), names, outputs, dynamic)
     past_lengths = [{**batch, 2: "past_decoder_sequence_length"}, {**batch, 2: "past_decoder_sequence_length"},
                     {**batch, 2: "encoder_sequence_length"}, {**batch, 2: "encoder_sequence_length"}]

@@ -25,7 +25,7 @@ from test_ecosystem import RESULTS
 
 from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration, hub
 from hf_vanilla_transformer.modeling_vanilla_transformer import shift_tokens_right
-from hf_vanilla_transformer.onnx_backend import DECODER, ENCODER, FOLDER, ONNX_FILES, export_onnx
+from hf_vanilla_transformer.onnx_backend import DECODER, ENCODER, FOLDER, ONNX_FILES, attention_names, export_onnx
 from hf_vanilla_transformer.translate import load_translator, translate
 
 onnxruntime = pytest.importorskip("onnxruntime", reason='ONNX needs pip install "hf-vanilla-transformer[onnx]"')
@@ -97,15 +97,22 @@ def assert_graphs_equal_the_model(folder, model, tokenizer):
     decoder_ids = torch.cat([torch.full((3, 1), model.config.decoder_start_token_id), targets[:, :-1]], 1)
     with torch.no_grad():
         expected = model(**batch, decoder_input_ids=decoder_ids, use_cache=False)
+    model.set_attn_implementation("eager")  # the attention weights, as the export computes them
     with torch.no_grad():
         attentions = model(**batch, decoder_input_ids=decoder_ids, use_cache=False, output_attentions=True)
-    hidden, *encoder_attentions = encoder.run(None, {k: v.numpy() for k, v in batch.items()})
+    encoded = dict(zip([o.name for o in encoder.get_outputs()],
+                       encoder.run(None, {k: v.numpy() for k, v in batch.items()})))
+    hidden = encoded["last_hidden_state"]
     np.testing.assert_allclose(hidden, expected.encoder_last_hidden_state.numpy(), atol=1e-4)
-    full, _, cross_attentions = run_decoder(decoder, decoder_ids, batch["attention_mask"], hidden)
+    full, _, weights = run_decoder(decoder, decoder_ids, batch["attention_mask"], hidden)
     np.testing.assert_allclose(full, expected.logits.numpy(), atol=1e-4)
-    for exported, weights in [*zip(encoder_attentions, attentions.encoder_attentions),
-                              *zip(cross_attentions, attentions.cross_attentions)]:  # what the browser page draws
-        np.testing.assert_allclose(exported, weights.numpy(), atol=1e-5)
+    layers = model.config.decoder_layers
+    encoder_attentions = [encoded[name] for name in attention_names(model.config, "encoder_attentions")]
+    for exported, expected_weights in [*zip(encoder_attentions, attentions.encoder_attentions, strict=True),
+                                       *zip(weights[:layers], attentions.cross_attentions, strict=True),
+                                       *zip(weights[layers:], attentions.decoder_attentions, strict=True)]:
+        np.testing.assert_allclose(exported, expected_weights.numpy(), atol=1e-5)  # what the browser page draws
+    assert_embedded_input_equals_the_model(encoded, model, batch["input_ids"])
     # token by token with the cache: the same logits as the full pass
     logits, past, _ = run_decoder(decoder, decoder_ids[:, :1], batch["attention_mask"], hidden)
     steps = [logits]
@@ -113,6 +120,28 @@ def assert_graphs_equal_the_model(folder, model, tokenizer):
         logits, past, _ = run_decoder(decoder, decoder_ids[:, t : t + 1], batch["attention_mask"], hidden, past)
         steps.append(logits)
     np.testing.assert_allclose(np.concatenate(steps, 1), expected.logits.numpy(), atol=1e-4)
+
+
+def assert_embedded_input_equals_the_model(encoded: dict, model, input_ids: torch.Tensor) -> None:
+    """The encoder graph's view of the input, which the browser page draws: the embeddings × sqrt(d_model) (§3.4),
+    the positional encodings added to them (§3.5), and every vocabulary entry on the embedding matrix's two
+    principal axes (rows and axes of numpy's SVD, each axis's sign as the export chose it)."""
+    stack = model.get_encoder()
+    scale = model.config.d_model**0.5 if model.config.scale_embedding else 1.0
+    with torch.no_grad():
+        np.testing.assert_allclose(encoded["inputs_embeds"], stack.embed_tokens(input_ids).numpy() * scale, atol=1e-5)
+        if stack.embed_positions is None:
+            assert "position_encodings" not in encoded
+        else:
+            np.testing.assert_allclose(encoded["position_encodings"],
+                                       stack.embed_positions(torch.arange(input_ids.shape[1])).numpy(), atol=1e-5)
+    matrix = stack.embed_tokens.weight.detach().double().numpy() * scale
+    centred = matrix - matrix.mean(0)
+    coordinates = centred @ np.linalg.svd(centred, full_matrices=False)[2][:2].T
+    exported = encoded["embedding_map"]
+    assert exported.shape == (model.config.vocab_size, 2)
+    coordinates *= np.sign((coordinates * exported).sum(0))
+    np.testing.assert_allclose(exported, coordinates, atol=1e-4 * np.abs(coordinates).max())
 
 
 @pytest.mark.parametrize("num_beams", [1, 4])
