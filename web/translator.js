@@ -1,14 +1,17 @@
-// Translation in the browser from the ONNX export (python -m hf_vanilla_transformer.onnx_backend): the encoder
-// graph once, then the merged decoder graph token by token from its key-value cache, greedy, with the paper's limit
-// of source length + 50 tokens (§6.1). Each step also returns the encoder-decoder attention weights, which the
-// page draws while the translation grows.
+// The model in the browser, from the ONNX export (python -m hf_vanilla_transformer.onnx_backend): the encoder graph
+// once, then the merged decoder graph token by token over its key-value cache, up to §6.1's limit of source length
+// + 50 tokens. `explain` returns every stage the page draws, each read from the graphs' outputs: the source's BPE
+// pieces, its scaled embeddings and their place in the embedding matrix's 2-D map, the positional encodings, every
+// layer and head of the three attentions, the next-token distribution of each greedy step, and §6.1's beam search.
 import * as ort from "./node_modules/onnxruntime-web/dist/ort.wasm.min.mjs";
 import { Tokenizer } from "./node_modules/@huggingface/tokenizers/dist/tokenizers.min.mjs";
+import { beamSearch } from "./beam_search.js";
 
 ort.env.wasm.wasmPaths = new URL("./node_modules/onnxruntime-web/dist/", import.meta.url).href;
 ort.env.wasm.numThreads = 1; // one thread: no cross-origin isolation needed, and as fast for one sentence
 
 export const EXTRA_OUTPUT_TOKENS = 50; // §6.1: at most source length + 50 tokens
+export const TOP_K = 5; // the next tokens shown at each step
 
 async function fetchOk(url, as) {
   let response;
@@ -21,44 +24,118 @@ async function fetchOk(url, as) {
   return as === "json" ? response.json() : new Uint8Array(await response.arrayBuffer());
 }
 
-/** The exported folder at `folder` (a URL ending in "/"): configuration, tokenizer and the two graphs. */
+/** The exported folder at `folder` (a URL ending in "/"): configuration, tokenizer and the two graphs. The encoder
+ * graph comes first and its session starts ONNX Runtime (the WebAssembly's compilation, most of the load) while the
+ * decoder graph downloads. */
 export async function loadTranslator(folder, variant = "") {
-  const [config, generation, tokenizerJson, tokenizerConfig] = await Promise.all(
-    ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"].map((name) =>
-      fetchOk(folder + name, "json")));
-  const [encoderBytes, decoderBytes] = await Promise.all(
-    ["encoder_model", "decoder_model_merged"].map((graph) => fetchOk(`${folder}onnx/${graph}${variant}.onnx`)));
-  const [encoder, decoder] = await Promise.all(
-    [encoderBytes, decoderBytes].map((bytes) => ort.InferenceSession.create(bytes)));
-  return new Translator(config, generation, new Tokenizer(tokenizerJson, tokenizerConfig), encoder, decoder);
+  const graph = (name) => fetchOk(`${folder}onnx/${name}${variant}.onnx`);
+  const encoderBytes = graph("encoder_model");
+  const encoderSession = encoderBytes.then((bytes) => ort.InferenceSession.create(bytes));
+  const decoderBytes = encoderBytes.then(() => graph("decoder_model_merged"));
+  const decoderSession = Promise.all([decoderBytes, encoderSession]).then(([bytes]) =>
+    ort.InferenceSession.create(bytes));
+  const [config, generation, tokenizerJson, tokenizerConfig, encoder, decoder] = await Promise.all([
+    ...["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"].map((name) =>
+      fetchOk(folder + name, "json")), encoderSession, decoderSession]);
+  const vocabulary = [];
+  for (const [piece, id] of Object.entries(tokenizerJson.model.vocab)) vocabulary[id] = piece;
+  for (const { id, content } of tokenizerJson.added_tokens ?? []) vocabulary[id] = content;
+  return new Translator(config, generation, new Tokenizer(tokenizerJson, tokenizerConfig), vocabulary, encoder,
+                        decoder);
 }
 
-function int64(ids) {
-  return new ort.Tensor("int64", BigInt64Array.from(ids, BigInt), [1, ids.length]);
+export function int64(ids, rows = 1) {
+  return new ort.Tensor("int64", BigInt64Array.from(ids, BigInt), [rows, ids.length / rows]);
 }
 
-/** The rows of head `h` of a (1, heads, rows, columns) attention tensor, as arrays. */
-export function headRows(tensor, h) {
-  const [, , rows, columns] = tensor.dims;
+/** The rows of head `h` of a (batch, heads, rows, columns) attention tensor's item `b`, as arrays. */
+export function headRows(tensor, h, b = 0) {
+  const [, heads, rows, columns] = tensor.dims;
+  const start = (b * heads + h) * rows * columns;
   return [...Array(rows).keys()].map((r) =>
-    Array.from(tensor.data.subarray((h * rows + r) * columns, (h * rows + r + 1) * columns)));
+    Array.from(tensor.data.subarray(start + r * columns, start + (r + 1) * columns)));
+}
+
+/** The rows of a (rows, columns) or (1, rows, columns) tensor, as arrays. */
+function matrixRows(tensor) {
+  const columns = tensor.dims.at(-1);
+  return [...Array(tensor.data.length / columns).keys()].map((r) =>
+    Array.from(tensor.data.subarray(r * columns, (r + 1) * columns)));
+}
+
+/** §3.4's softmax over the logits `row` (a Float32Array), in float64: the probabilities. */
+export function softmax(row) {
+  const { max, logSum } = normaliser(row);
+  const probabilities = new Float64Array(row.length);
+  for (let v = 0; v < row.length; v++) probabilities[v] = Math.exp(row[v] - max - logSum);
+  return probabilities;
+}
+
+/** The log-probabilities beam search adds: log_softmax of `row`, in float32 as transformers computes them. */
+export function logSoftmax(row) {
+  const { max, logSum } = normaliser(row);
+  const logProbabilities = new Float32Array(row.length);
+  for (let v = 0; v < row.length; v++) logProbabilities[v] = row[v] - max - logSum;
+  return logProbabilities;
+}
+
+function normaliser(row) {
+  let max = -Infinity;
+  for (let v = 0; v < row.length; v++) if (row[v] > max) max = row[v];
+  let sum = 0;
+  for (let v = 0; v < row.length; v++) sum += Math.exp(row[v] - max);
+  return { max, logSum: Math.log(sum) };
+}
+
+/** The `k` largest entries of `values` as {id, value}, largest first. */
+export function topK(values, k) {
+  const best = [];
+  for (let id = 0; id < values.length; id++) {
+    if (best.length === k && values[id] <= best[k - 1].value) continue;
+    let at = best.length;
+    while (at > 0 && best[at - 1].value < values[id]) at--;
+    best.splice(at, 0, { id, value: values[id] });
+    if (best.length > k) best.pop();
+  }
+  return best;
 }
 
 export class Translator {
-  constructor(config, generation, tokenizer, encoder, decoder) {
-    Object.assign(this, { config, generation, tokenizer, encoder, decoder });
+  constructor(config, generation, tokenizer, vocabulary, encoder, decoder) {
+    Object.assign(this, { config, generation, tokenizer, vocabulary, encoder, decoder });
     this.layers = config.decoder_layers;
+    this.encoderLayers = config.encoder_layers;
     this.heads = config.decoder_attention_heads;
+    this.numBeams = generation.num_beams ?? 4;
+    this.lengthPenalty = generation.length_penalty ?? 0.6;
   }
 
-  /** Source token ids (with the final </s>) and their tokens. */
+  /** Source token ids (with the final </s>) and their BPE pieces (§5.1). */
   encode(text) {
     const { ids, tokens } = this.tokenizer.encode(text);
     return { ids, tokens };
   }
 
-  /** An empty cache: per decoder layer, self-attention and encoder-decoder attention keys and values. */
-  emptyCache() {
+  /** The encoder graph's outputs for `text`, and the limit on the translation's tokens (§6.1). */
+  async encodeSource(text) {
+    const source = this.encode(text);
+    const maxPositions = this.config.max_position_embeddings;
+    if (source.ids.length > maxPositions) {
+      const error = new RangeError(`The text is ${source.ids.length} tokens long and the model reads at most ` +
+                                   `${maxPositions}: put one sentence on each line.`);
+      throw Object.assign(error, { details: { length: source.ids.length, max: maxPositions } });
+    }
+    const outputs = await this.encoder.run({ input_ids: int64(source.ids), attention_mask: int64(source.ids.map(() => 1)) });
+    return {
+      source, outputs,
+      limit: Math.min(source.ids.length + EXTRA_OUTPUT_TOKENS, maxPositions - 1),
+      encoderAttentions: [...Array(this.encoderLayers).keys()].map((i) => outputs[`encoder_attentions.${i}`]),
+    };
+  }
+
+  /** An empty cache for `rows` hypotheses: per decoder layer, self-attention and encoder-decoder attention keys and
+   * values. */
+  emptyCache(rows = 1) {
     const { d_model: dModel, attention_key_dim: keyDim } = this.config;
     const dims = { key: keyDim || dModel / this.heads, value: dModel / this.heads };
     const cache = {};
@@ -66,62 +143,101 @@ export class Translator {
       for (const part of ["decoder", "encoder"]) {
         for (const kind of ["key", "value"]) {
           cache[`past_key_values.${i}.${part}.${kind}`] =
-            new ort.Tensor("float32", new Float32Array(0), [1, this.heads, 0, dims[kind]]);
+            new ort.Tensor("float32", new Float32Array(0), [rows, this.heads, 0, dims[kind]]);
         }
       }
     }
     return cache;
   }
 
-  /** Greedy translation of one sentence. `onStep` follows each new token with what the result holds so
-   * far; the result holds the text, both token lists and every layer's
-   * encoder self-attention and encoder-decoder attention. */
-  async translate(text, onStep = () => {}) {
-    const source = this.encode(text);
-    const maxPositions = this.config.max_position_embeddings;
-    if (source.ids.length > maxPositions) {
-      throw new RangeError(`The text is ${source.ids.length} tokens long and the model reads at most ` +
-                           `${maxPositions}: put one sentence on each line.`);
+  /** One decoder step for the last token of each of `rows` hypotheses: the graph's outputs and the cache after it. */
+  async step(encoded, lastTokens, cache, first) {
+    const rows = lastTokens.length;
+    const { outputs: { last_hidden_state: hidden }, source } = encoded;
+    encoded.repeated ??= {}; // the encoder output and mask, once per number of rows
+    encoded.repeated[rows] ??= {
+      hidden: new ort.Tensor("float32", repeatData(hidden.data, rows), [rows, ...hidden.dims.slice(1)]),
+      mask: int64(repeatData(source.ids.map(() => 1), rows), rows),
+    };
+    const { hidden: states, mask } = encoded.repeated[rows];
+    const outputs = await this.decoder.run({
+      input_ids: int64(lastTokens, rows),
+      encoder_attention_mask: mask,
+      encoder_hidden_states: states,
+      use_cache_branch: new ort.Tensor("bool", [!first], [1]),
+      ...cache,
+    });
+    const next = {};
+    for (const name of Object.keys(outputs)) {
+      if (name.startsWith("present.")) next[name.replace("present", "past_key_values")] = outputs[name];
     }
-    const mask = int64(source.ids.map(() => 1));
-    const encoded = await this.encoder.run({ input_ids: int64(source.ids), attention_mask: mask });
-    const encoderAttentions = [...Array(this.config.encoder_layers).keys()].map(
-      (i) => encoded[`encoder_attentions.${i}`]);
-    const limit = Math.min(source.ids.length + EXTRA_OUTPUT_TOKENS, maxPositions - 1);
+    return { outputs, cache: next };
+  }
+
+  /** Greedy decoding (§6.1's limit) with what each step shows: the top-k next tokens and their probabilities, and
+   * every decoder layer's masked self-attention and encoder-decoder attention. */
+  async greedy(encoded) {
     const eos = this.config.eos_token_id;
     const ids = [this.config.decoder_start_token_id];
+    const steps = []; // per step: {topk: [{id, token, probability}], chosen}
+    const self = [...Array(this.layers)].map(() => []); // per layer: one (1, heads, 1, t) tensor per step
     const cross = [...Array(this.layers)].map(() => []); // per layer: one (1, heads, 1, source) tensor per step
     let cache = this.emptyCache();
     for (let next = -1; next !== eos;) {
-      const outputs = await this.decoder.run({
-        input_ids: int64(ids.slice(-1)),
-        encoder_attention_mask: mask,
-        encoder_hidden_states: encoded.last_hidden_state,
-        use_cache_branch: new ort.Tensor("bool", [ids.length > 1], [1]),
-        ...cache,
-      });
-      const logits = outputs.logits.data;
+      const { outputs, cache: after } = await this.step(encoded, ids.slice(-1), cache, ids.length === 1);
+      cache = after;
+      const probabilities = softmax(outputs.logits.data);
       next = eos; // the last token §6.1's limit allows ends the sentence
-      if (ids.length < limit) {
+      if (ids.length < encoded.limit) {
         next = 0;
-        for (let v = 1; v < logits.length; v++) if (logits[v] > logits[next]) next = v;
+        for (let v = 1; v < probabilities.length; v++) if (outputs.logits.data[v] > outputs.logits.data[next]) next = v;
       }
       ids.push(next);
-      cache = {};
-      for (const name of Object.keys(outputs)) {
-        if (name.startsWith("present.")) cache[name.replace("present", "past_key_values")] = outputs[name];
+      steps.push({
+        topk: topK(probabilities, TOP_K).map(({ id, value }) => ({ id, token: this.piece(id), probability: value })),
+        chosen: next,
+      });
+      for (let i = 0; i < this.layers; i++) {
+        self[i].push(outputs[`decoder_attentions.${i}`]);
+        cross[i].push(outputs[`cross_attentions.${i}`]);
       }
-      for (let i = 0; i < this.layers; i++) cross[i].push(outputs[`cross_attentions.${i}`]);
-      await onStep({ source, target: this.targets(ids), encoderAttentions, cross });
     }
+    return { ids, text: this.decode(ids), target: this.pieces(ids.slice(1)), steps, self, cross };
+  }
+
+  /** Every stage of the model for one sentence: the encoder's, greedy decoding's and beam search's. */
+  async explain(text) {
+    const encoded = await this.encodeSource(text);
+    const { outputs } = encoded;
+    const greedy = await this.greedy(encoded);
+    const beam = await beamSearch(this, encoded, this.numBeams, this.lengthPenalty);
     return {
-      text: this.tokenizer.decode(ids, { skip_special_tokens: true }),
-      source, target: this.targets(ids), encoderAttentions, cross,
+      source: { ...encoded.source, pieces: encoded.source.ids.map((id) => this.piece(id)) },
+      embeddings: matrixRows(outputs.inputs_embeds),
+      positions: outputs.position_encodings ? matrixRows(outputs.position_encodings) : null,
+      embeddingMap: outputs.embedding_map.data,
+      encoderAttentions: encoded.encoderAttentions,
+      greedy, beam,
     };
   }
 
-  /** The target tokens shown beside the attention rows: each new token (the start token is not one). */
-  targets(ids) {
-    return ids.slice(1).map((id) => this.tokenizer.decode([id], { skip_special_tokens: false }));
+  piece(id) {
+    return this.vocabulary[id] ?? String(id);
   }
+
+  pieces(ids) {
+    return ids.map((id) => this.piece(id));
+  }
+
+  decode(ids) {
+    return this.tokenizer.decode(ids, { skip_special_tokens: true });
+  }
+}
+
+/** `data` repeated `rows` times, one copy after the other. */
+export function repeatData(data, rows) {
+  if (Array.isArray(data)) return Array(rows).fill(data).flat();
+  const repeated = new data.constructor(data.length * rows);
+  for (let r = 0; r < rows; r++) repeated.set(data, r * data.length);
+  return repeated;
 }
