@@ -1,7 +1,8 @@
 """The browser page's speed as a reader meets it, in headless Chromium (web/test/drive.mjs): the first load (the page
 opened to the model ready, and the model's own load as the page reports it), then one test sentence at a time typed
 and translated with every stage drawn (greedy decoding with its attention and next-token bars, §6.1's beam search
-and its tree). With --screenshots, the page at a laptop's and a phone's width and each stage, for docs/.
+and its tree); and how many of the page's translations equal the Python ONNX backend's on the same files, greedy and
+beam 4. With --screenshots, the page at a laptop's and a phone's width and each stage, for docs/.
 
     python benchmarks/bench_page.py --model outputs/multi30k-de-en/model                 # exports ONNX if needed
     python benchmarks/bench_page.py --model outputs/multi30k-de-en/model --screenshots docs/page
@@ -24,9 +25,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "web"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from serve import serve  # noqa: E402
+
 from benchmarks.bench_data import cpu_name  # noqa: E402
 from hf_vanilla_transformer.onnx_backend import export_onnx  # noqa: E402
-from serve import serve  # noqa: E402
+from hf_vanilla_transformer.translate import load_translator, translate  # noqa: E402
 
 EXAMPLE = "Zwei junge Männer spielen Fußball auf einer Wiese."
 
@@ -65,6 +68,12 @@ def main(argv: list[str] | None = None) -> None:
           f"others {statistics.median(parts['both'][1:] or parts['both']):.0f} ms")
     seconds = [submission["seconds"] for submission in report["submissions"]]
     print(f"  click to done as the browser driver sees it: median {1000 * statistics.median(seconds):.0f} ms")
+    model, tokenizer = load_translator(str(args.model), backend="onnx")
+    for decoding, num_beams in (("greedy", 1), ("beam", 4)):
+        python = translate(model, tokenizer, sources, num_beams=num_beams)
+        page = [submission["outputs"][0][decoding] for submission in report["submissions"]]
+        print(f"{decoding}: the page's translation equals Python's (ONNX backend, the same files) for "
+              f"{sum(a == b for a, b in zip(page, python))}/{len(sources)} sentences")
     if args.screenshots:
         args.screenshots.mkdir(parents=True, exist_ok=True)
         drive(url, [EXAMPLE], screenshot=str(args.screenshots / "laptop.png"), shots=str(args.screenshots))

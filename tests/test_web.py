@@ -128,6 +128,8 @@ def test_every_stage_the_page_shows_equals_pytorch(server):
 
 
 def test_bad_input_gives_a_message_on_the_page(server):
+    import onnx
+
     folder, url = server
     paragraph = " ".join(SOURCES)  # one line, longer than the model's 128 positions
     report = drive(url, ["", paragraph, "Ein Hund läuft."])
@@ -139,6 +141,22 @@ def test_bad_input_gives_a_message_on_the_page(server):
     missing = drive(url + "?model=/model/no-such-folder/", ["Ein Hund."])
     assert missing["load"]["state"] == "error" and missing["load"]["error"]
     assert "Could not load the model from" in missing["load"]["message"] and "404" in missing["load"]["message"]
+
+    earlier = folder / "earlier"  # an export from before the page's stages: graphs without their outputs
+    (earlier / "onnx").mkdir(parents=True)
+    for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(folder / name, earlier / name)
+    for graph in ("encoder_model", "decoder_model_merged"):
+        proto = onnx.load(folder / "onnx" / f"{graph}.onnx")
+        kept = [o for o in proto.graph.output if not o.name.startswith(("inputs_embeds", "position_encodings",
+                                                                        "embedding_map", "decoder_attentions"))]
+        del proto.graph.output[:]
+        proto.graph.output.extend(kept)
+        onnx.save(proto, earlier / "onnx" / f"{graph}.onnx")
+    stale = drive(url + "?model=/model/earlier/", ["Ein Hund."])
+    assert stale["load"]["state"] == "error", stale["load"]["message"]
+    assert "inputs_embeds, embedding_map, decoder_attentions.0" in stale["load"]["message"]
+    assert "export again" in stale["load"]["message"]
 
 
 def test_the_page_speaks_chinese_works_from_the_keyboard_and_fits_a_phone(server, tmp_path):

@@ -37,6 +37,12 @@ export async function loadTranslator(folder, variant = "") {
   const [config, generation, tokenizerJson, tokenizerConfig, encoder, decoder] = await Promise.all([
     ...["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"].map((name) =>
       fetchOk(folder + name, "json")), encoderSession, decoderSession]);
+  const missing = [...["inputs_embeds", "embedding_map"].filter((name) => !encoder.outputNames.includes(name)),
+                   ...["decoder_attentions.0", "cross_attentions.0"].filter((name) => !decoder.outputNames.includes(name))];
+  if (missing.length) {
+    throw new Error(`its ONNX graphs have no ${missing.join(", ")}: they come from an earlier export; export ` +
+                    "again with `python -m hf_vanilla_transformer.onnx_backend --model FOLDER --force`");
+  }
   const vocabulary = [];
   for (const [piece, id] of Object.entries(tokenizerJson.model.vocab)) vocabulary[id] = piece;
   for (const { id, content } of tokenizerJson.added_tokens ?? []) vocabulary[id] = content;
