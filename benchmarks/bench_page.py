@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.screenshots:
         args.screenshots.mkdir(parents=True, exist_ok=True)
         drive(url, [EXAMPLE], screenshot=str(args.screenshots / "laptop.png"), shots=str(args.screenshots))
-        drive(url + "?lang=zh", [EXAMPLE], width=390, height=844, scale=2,
+        drive(url + "?lang=zh", [EXAMPLE], width=390, height=844,
               screenshot=str(args.screenshots / "phone-zh.png"))
         print(f"screenshots in {args.screenshots}")
     server.shutdown()
