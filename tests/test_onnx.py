@@ -122,6 +122,12 @@ def assert_graphs_equal_the_model(folder, model, tokenizer):
     np.testing.assert_allclose(np.concatenate(steps, 1), expected.logits.numpy(), atol=1e-4)
 
 
+def pca_coordinates(embeddings: np.ndarray) -> np.ndarray:
+    """Every row of `embeddings` on its two principal axes (numpy's SVD; the axes' signs as they come)."""
+    centred = embeddings - embeddings.mean(0)
+    return centred @ np.linalg.svd(centred, full_matrices=False)[2][:2].T
+
+
 def assert_embedded_input_equals_the_model(encoded: dict, model, input_ids: torch.Tensor) -> None:
     """The encoder graph's view of the input, which the browser page draws: the embeddings × sqrt(d_model) (§3.4),
     the positional encodings added to them (§3.5), and every vocabulary entry on the embedding matrix's two
@@ -135,9 +141,7 @@ def assert_embedded_input_equals_the_model(encoded: dict, model, input_ids: torc
         else:
             np.testing.assert_allclose(encoded["position_encodings"],
                                        stack.embed_positions(torch.arange(input_ids.shape[1])).numpy(), atol=1e-5)
-    matrix = stack.embed_tokens.weight.detach().double().numpy() * scale
-    centred = matrix - matrix.mean(0)
-    coordinates = centred @ np.linalg.svd(centred, full_matrices=False)[2][:2].T
+    coordinates = pca_coordinates(stack.embed_tokens.weight.detach().double().numpy() * scale)
     exported = encoded["embedding_map"]
     assert exported.shape == (model.config.vocab_size, 2)
     coordinates *= np.sign((coordinates * exported).sum(0))

@@ -19,6 +19,7 @@ import pytest
 import torch
 from conftest import briefly_trained, read_multi30k
 from test_ecosystem import RESULTS
+from test_onnx import pca_coordinates
 
 from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration, hub
 from hf_vanilla_transformer.onnx_backend import export_onnx
@@ -80,12 +81,6 @@ def test_the_page_translates_as_python_does_greedily_and_with_beam_search(server
     assert [line["greedy"] for line in page["outputs"]] == greedy
     assert [line["beam"] for line in page["outputs"]] == beam
     assert (tmp_path / "page.png").stat().st_size > 50_000  # the page with every stage drawn
-
-
-def pca_coordinates(embeddings: np.ndarray) -> np.ndarray:
-    """Every row of `embeddings` on its two principal axes (the axes' signs as they come)."""
-    centred = embeddings - embeddings.mean(0)
-    return centred @ np.linalg.svd(centred, full_matrices=False)[2][:2].T
 
 
 def test_every_stage_the_page_shows_equals_pytorch(server):

@@ -14,7 +14,7 @@ function sequential(w, low, high) {
 }
 
 /** A canvas sized for the device's pixels, `width` × `height` CSS pixels, and its 2-D context. */
-export function sizedCanvas(canvas, width, height) {
+function sizedCanvas(canvas, width, height) {
   const ratio = window.devicePixelRatio || 1;
   canvas.width = Math.round(width * ratio);
   canvas.height = Math.round(height * ratio);

@@ -1,6 +1,5 @@
 // The page's words in English and Chinese (?lang=zh, or the switch in the header). Explanations quote the paper's
 // sections and equations; they are the project's own static text, so they may hold markup.
-export const LANGUAGES = { en: "English", zh: "中文" };
 
 const TEXT = {
   en: {
@@ -154,10 +153,6 @@ export function setLanguage(code) {
   for (const element of document.querySelectorAll("[data-label]")) {
     element.setAttribute("aria-label", t(element.dataset.label));
   }
-}
-
-export function currentLanguage() {
-  return language;
 }
 
 /** The text of `key` in the page's language, with {name} filled from `values`. */

@@ -10,8 +10,8 @@ import { beamSearch } from "./beam_search.js";
 ort.env.wasm.wasmPaths = new URL("./node_modules/onnxruntime-web/dist/", import.meta.url).href;
 ort.env.wasm.numThreads = 1; // one thread: no cross-origin isolation needed, and as fast for one sentence
 
-export const EXTRA_OUTPUT_TOKENS = 50; // §6.1: at most source length + 50 tokens
-export const TOP_K = 5; // the next tokens shown at each step
+const EXTRA_OUTPUT_TOKENS = 50; // §6.1: at most source length + 50 tokens
+const TOP_K = 5; // the next tokens shown at each step
 
 async function fetchOk(url, as) {
   let response;
@@ -50,14 +50,14 @@ export async function loadTranslator(folder, variant = "") {
                         decoder);
 }
 
-export function int64(ids, rows = 1) {
+function int64(ids, rows = 1) {
   return new ort.Tensor("int64", BigInt64Array.from(ids, BigInt), [rows, ids.length / rows]);
 }
 
-/** The rows of head `h` of a (batch, heads, rows, columns) attention tensor's item `b`, as arrays. */
-export function headRows(tensor, h, b = 0) {
-  const [, heads, rows, columns] = tensor.dims;
-  const start = (b * heads + h) * rows * columns;
+/** The rows of head `h` of a (1, heads, rows, columns) attention tensor, as arrays. */
+export function headRows(tensor, h) {
+  const [, , rows, columns] = tensor.dims;
+  const start = h * rows * columns;
   return [...Array(rows).keys()].map((r) =>
     Array.from(tensor.data.subarray(start + r * columns, start + (r + 1) * columns)));
 }
@@ -94,7 +94,7 @@ function normaliser(row) {
 }
 
 /** The `k` largest entries of `values` as {id, value}, largest first. */
-export function topK(values, k) {
+function topK(values, k) {
   const best = [];
   for (let id = 0; id < values.length; id++) {
     if (best.length === k && values[id] <= best[k - 1].value) continue;
@@ -131,7 +131,8 @@ export class Translator {
                                    `${maxPositions}: put one sentence on each line.`);
       throw Object.assign(error, { details: { length: source.ids.length, max: maxPositions } });
     }
-    const outputs = await this.encoder.run({ input_ids: int64(source.ids), attention_mask: int64(source.ids.map(() => 1)) });
+    const outputs = await this.encoder.run({ input_ids: int64(source.ids),
+                                             attention_mask: int64(source.ids.map(() => 1)) });
     return {
       source, outputs,
       limit: Math.min(source.ids.length + EXTRA_OUTPUT_TOKENS, maxPositions - 1),
@@ -241,7 +242,7 @@ export class Translator {
 }
 
 /** `data` repeated `rows` times, one copy after the other. */
-export function repeatData(data, rows) {
+function repeatData(data, rows) {
   if (Array.isArray(data)) return Array(rows).fill(data).flat();
   const repeated = new data.constructor(data.length * rows);
   for (let r = 0; r < rows; r++) repeated.set(data, r * data.length);
