@@ -147,14 +147,13 @@ def attention_names(config: VanillaTransformerConfig, kind: str) -> list[str]:
     return [f"{kind}.{i}" for i in range(layers)]
 
 
-def principal_axes(matrix: torch.Tensor, count: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
-    """The mean of `matrix`'s rows and its first `count` principal axes (d, count), each signed so that its largest
-    component is positive: the rows' PCA, through the SVD of the centred matrix in float64."""
-    rows = matrix.detach().double()
-    mean = rows.mean(0)
-    axes = torch.linalg.svd(rows - mean, full_matrices=False).Vh[:count].T
-    signs = axes.gather(0, axes.abs().argmax(0, keepdim=True)).sign()
-    return mean.float(), (axes * signs).float()
+def principal_coordinates(matrix: torch.Tensor, count: int = 2) -> torch.Tensor:
+    """Every row of `matrix` on its first `count` principal axes (the rows' PCA, through the SVD of the centred matrix
+    in float64), each axis signed so that its largest component is positive: (rows, count), float32."""
+    centred = matrix.detach().double() - matrix.detach().double().mean(0)
+    axes = torch.linalg.svd(centred, full_matrices=False).Vh[:count].T
+    axes = axes * axes.gather(0, axes.abs().argmax(0, keepdim=True)).sign()
+    return (centred @ axes).float()
 
 
 def embedding_names(config: VanillaTransformerConfig) -> list[str]:
@@ -174,18 +173,16 @@ class EncoderGraph(nn.Module):
     def __init__(self, model):
         super().__init__()
         self.encoder = model.get_encoder()
-        embeddings = self.encoder.embed_tokens.weight * self.encoder.embed_scale
-        mean, axes = principal_axes(embeddings)
-        self.register_buffer("mean", mean, persistent=False)
-        self.register_buffer("axes", axes, persistent=False)
+        # the map is the same for every input: computed once here, it is a constant of the graph
+        embedding_map = principal_coordinates(self.encoder.embed_tokens.weight * self.encoder.embed_scale)
+        self.register_buffer("embedding_map", embedding_map, persistent=False)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
         outputs = self.encoder(input_ids=input_ids, attention_mask=attention_mask, output_attentions=True)
-        scale, embed_positions = self.encoder.embed_scale, self.encoder.embed_positions
+        embed_positions = self.encoder.embed_positions
         positions = [] if embed_positions is None else [embed_positions(torch.arange(input_ids.shape[1]))]
-        embedding_map = (self.encoder.embed_tokens.weight * scale - self.mean) @ self.axes
-        return (outputs.last_hidden_state, *outputs.attentions, self.encoder.embed_tokens(input_ids) * scale,
-                *positions, embedding_map)
+        return (outputs.last_hidden_state, *outputs.attentions,
+                self.encoder.embed_tokens(input_ids) * self.encoder.embed_scale, *positions, self.embedding_map)
 
 
 class DecoderGraph(nn.Module):
