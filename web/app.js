@@ -34,27 +34,28 @@ function chooseLanguage(code) {
   if (selected >= 0) render(results[selected]);
 }
 
-/** Per layer and head, the rows the attention grid draws, and the labels of rows and columns. */
+/** One of the three attentions: its layers and heads, the rows it draws per layer and head, and the labels of rows
+ * and columns. */
 function attentionRows(result, kind) {
   const { source, greedy } = result;
-  const inputs = translator.pieces(greedy.ids.slice(0, -1)); // what the decoder read at each step
   if (kind === "encoder") {
-    return { rowLabels: source.pieces, columnLabels: source.pieces,
+    return { layers: translator.encoderLayers, heads: translator.config.encoder_attention_heads,
+             rowLabels: source.pieces, columnLabels: source.pieces,
              rows: (l, h) => headRows(result.encoderAttentions[l], h) };
   }
+  const decoder = { layers: translator.layers, heads: translator.heads };
   if (kind === "decoder") { // row s: step s's weights over positions 0..s; later positions masked
-    return { rowLabels: inputs, columnLabels: inputs,
+    const inputs = translator.pieces(greedy.ids.slice(0, -1)); // what the decoder read at each step
+    return { ...decoder, rowLabels: inputs, columnLabels: inputs,
              rows: (l, h) => greedy.self[l].map((step) => headRows(step, h)[0]) };
   }
-  return { rowLabels: greedy.target, columnLabels: source.pieces,
+  return { ...decoder, rowLabels: greedy.target, columnLabels: source.pieces,
            rows: (l, h) => greedy.cross[l].map((step) => headRows(step, h)[0]) };
 }
 
 function grid(kind, result) {
   const element = $(`grid-${kind}`);
-  const layers = kind === "encoder" ? translator.encoderLayers : translator.layers;
-  const heads = kind === "encoder" ? translator.config.encoder_attention_heads : translator.heads;
-  const { rowLabels, columnLabels, rows } = attentionRows(result, kind);
+  const { layers, heads, rowLabels, columnLabels, rows } = attentionRows(result, kind);
   const width = element.parentElement.clientWidth - 90;
   const size = Math.max(44, Math.min(96, Math.floor(width / heads) - 10));
   const aspect = rowLabels.length / Math.max(columnLabels.length, 1);
@@ -205,9 +206,7 @@ async function translateAll() {
 window.pageStages = (i) => {
   const result = results[i];
   const kinds = Object.fromEntries(["encoder", "decoder", "cross"].map((kind) => {
-    const { rows } = attentionRows(result, kind);
-    const layers = kind === "encoder" ? translator.encoderLayers : translator.layers;
-    const heads = kind === "encoder" ? translator.config.encoder_attention_heads : translator.heads;
+    const { layers, heads, rows } = attentionRows(result, kind);
     return [kind, [...Array(layers).keys()].map((l) => [...Array(heads).keys()].map((h) => rows(l, h)))];
   }));
   return {
@@ -219,7 +218,9 @@ window.pageStages = (i) => {
   };
 };
 
-for (const button of document.querySelectorAll("[data-lang]")) button.onclick = () => chooseLanguage(button.dataset.lang);
+for (const button of document.querySelectorAll("[data-lang]")) {
+  button.onclick = () => chooseLanguage(button.dataset.lang);
+}
 $("translate").onclick = translateAll;
 $("zoom-close").onclick = () => $("zoom").close();
 chooseLanguage(initialLanguage(params));

@@ -2,23 +2,10 @@
 // source length + 50 tokens. Step by step what transformers' `generate` does (its vectorised beam search, with the
 // model's per-sentence limit), in float32 where it computes in float32, so that the page chooses the tokens Python
 // chooses; it also keeps every hypothesis as a tree, which the page draws.
-import { logSoftmax } from "./translator.js";
+import { logSoftmax, topIndices } from "./translator.js";
 
 const NEG = -1.0e9; // transformers' "very large negative value"
 const f32 = Math.fround;
-
-/** Indices of the `k` largest of `values`, largest first (the earlier index first among equals), in one pass. */
-function topIndices(values, k) {
-  const best = [];
-  for (let i = 0; i < values.length; i++) {
-    if (best.length === k && !(values[i] > values[best[k - 1]])) continue;
-    let at = best.length;
-    while (at > 0 && values[best[at - 1]] < values[i]) at--;
-    best.splice(at, 0, i);
-    if (best.length > k) best.pop();
-  }
-  return best;
-}
 
 /** `cache`'s self-attention keys and values reordered so that row r holds row `parents[r]`'s; the encoder-decoder
  * attention's keys and values are the same in every row and stay. */
@@ -69,7 +56,8 @@ export async function beamSearch(translator, encoded, numBeams, alpha) {
                ids: [...beam.ids, id] };
     });
     for (const candidate of candidates) { // the tree: each candidate a node under its beam's
-      candidate.node = nodes.push({ id: candidate.id, token: translator.piece(candidate.id), parent: candidate.beam.node,
+      candidate.node = nodes.push({ id: candidate.id, token: translator.piece(candidate.id),
+                                    parent: candidate.beam.node,
                                     step: length, logProbability: candidate.score }) - 1;
     }
     // the beams that go on: the best candidates that did not end

@@ -1,5 +1,6 @@
 // The page's pictures: heat maps of attention weights and vectors, the embedding map, the next-token bars and the
 // beam search tree. Plain canvas and SVG; colours come from the page's CSS variables.
+import { topIndices } from "./translator.js";
 
 const css = (name) => getComputedStyle(document.documentElement).getPropertyValue(name).trim();
 
@@ -46,15 +47,20 @@ function cellImage(rows, columns, diverging) {
   return image;
 }
 
+/** `cellImage` on a canvas of its own, for drawing scaled up. */
+function cellCanvas(rows, columns, diverging) {
+  const cells = document.createElement("canvas");
+  cells.width = Math.max(columns, 1);
+  cells.height = Math.max(rows.length, 1);
+  cells.getContext("2d").putImageData(cellImage(rows, columns, diverging), 0, 0);
+  return cells;
+}
+
 /** A heat map of `rows` filling a `width` × `height` canvas, without labels (a small multiple). */
 export function drawSmall(canvas, rows, columns, width, height) {
   const context = sizedCanvas(canvas, width, height);
-  const cells = document.createElement("canvas");
-  cells.width = columns;
-  cells.height = rows.length;
-  cells.getContext("2d").putImageData(cellImage(rows, columns, false), 0, 0);
   context.imageSmoothingEnabled = false;
-  context.drawImage(cells, 0, 0, width, height);
+  context.drawImage(cellCanvas(rows, columns, false), 0, 0, width, height);
 }
 
 /** A labelled heat map: `rowLabels` down the left, `columnLabels` along the top; `diverging` for signed values.
@@ -71,12 +77,8 @@ export function drawLabelled(canvas, rows, rowLabels, columnLabels, { maxWidth =
   const cell = Math.max(1, Math.min(maxCell, (maxWidth - left - 4) / Math.max(columns, 1)));
   const height = rowHeight || cell;
   const context = sizedCanvas(canvas, left + cell * columns + 4, top + height * rows.length + 4);
-  const cells = document.createElement("canvas");
-  cells.width = Math.max(columns, 1);
-  cells.height = Math.max(rows.length, 1);
-  cells.getContext("2d").putImageData(cellImage(rows, columns, diverging), 0, 0);
   context.imageSmoothingEnabled = false;
-  context.drawImage(cells, left, top, cell * columns, height * rows.length);
+  context.drawImage(cellCanvas(rows, columns, diverging), left, top, cell * columns, height * rows.length);
   context.strokeStyle = css("--muted"); // the masked cells hatched
   context.lineWidth = 1;
   context.beginPath();
@@ -130,15 +132,13 @@ export function drawEmbeddingMap(canvas, map, vocabulary, ids, size, neighbours 
     context.fillText(vocabulary[v] ?? String(v), x(v) + 5, y(v) - 4);
   };
   for (const id of ids) {
-    const nearest = []; // the `neighbours` closest entries on the map, closest first, in one pass
+    const closeness = new Float64Array(count); // minus the squared distance on the map: the largest are nearest
     for (let v = 0; v < count; v++) {
-      const distance = (map[2 * v] - map[2 * id]) ** 2 + (map[2 * v + 1] - map[2 * id + 1]) ** 2;
-      if (v === id || (nearest.length === neighbours && distance >= nearest.at(-1)[1])) continue;
-      const at = nearest.findIndex(([, d]) => d > distance);
-      nearest.splice(at < 0 ? nearest.length : at, 0, [v, distance]);
-      nearest.length = Math.min(nearest.length, neighbours);
+      const [dx, dy] = [map[2 * v] - map[2 * id], map[2 * v + 1] - map[2 * id + 1]];
+      closeness[v] = v === id ? -Infinity : -(dx * dx + dy * dy);
     }
-    for (const [v] of nearest) {
+    const nearest = topIndices(closeness, neighbours);
+    for (const v of nearest) {
       context.fillStyle = css("--muted");
       context.fillRect(x(v) - 2, y(v) - 2, 4, 4);
       label(v, css("--muted"), "normal");
@@ -192,7 +192,8 @@ export function drawBeamTree(element, beam, labels, fitWidth) {
   beam.nodes.forEach((node, index) => (byStep[node.step] ??= []).push(index));
   // a column a step, narrower (to 66 px) where that fits the tree in `fitWidth`; wider ones scroll
   const columnWidth = Math.max(66, Math.min(84, Math.floor((fitWidth - 36) / byStep.length)));
-  const rowHeight = 26, top = 28, left = 12, boxWidth = columnWidth - 8, characters = Math.floor((columnWidth - 24) / 7);
+  const rowHeight = 26, top = 28, left = 12, boxWidth = columnWidth - 8;
+  const characters = Math.floor((columnWidth - 24) / 7); // of a token that fits its column
   const place = new Map();
   byStep.forEach((indices, step) => indices.forEach((index, rank) =>
     place.set(index, { x: left + step * columnWidth, y: top + rank * rowHeight })));

@@ -37,8 +37,9 @@ export async function loadTranslator(folder, variant = "") {
   const [config, generation, tokenizerJson, tokenizerConfig, encoder, decoder] = await Promise.all([
     ...["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"].map((name) =>
       fetchOk(folder + name, "json")), encoderSession, decoderSession]);
-  const missing = [...["inputs_embeds", "embedding_map"].filter((name) => !encoder.outputNames.includes(name)),
-                   ...["decoder_attentions.0", "cross_attentions.0"].filter((name) => !decoder.outputNames.includes(name))];
+  const lacking = (session, names) => names.filter((name) => !session.outputNames.includes(name));
+  const missing = [...lacking(encoder, ["inputs_embeds", "embedding_map"]),
+                   ...lacking(decoder, ["decoder_attentions.0", "cross_attentions.0"])];
   if (missing.length) {
     throw new Error(`its ONNX graphs have no ${missing.join(", ")}: they come from an earlier export; export ` +
                     "again with `python -m hf_vanilla_transformer.onnx_backend --model FOLDER --force`");
@@ -93,14 +94,14 @@ function normaliser(row) {
   return { max, logSum: Math.log(sum) };
 }
 
-/** The `k` largest entries of `values` as {id, value}, largest first. */
-function topK(values, k) {
+/** Indices of the `k` largest of `values`, largest first (the earlier index first among equals), in one pass. */
+export function topIndices(values, k) {
   const best = [];
-  for (let id = 0; id < values.length; id++) {
-    if (best.length === k && values[id] <= best[k - 1].value) continue;
+  for (let i = 0; i < values.length; i++) {
+    if (best.length === k && !(values[i] > values[best[k - 1]])) continue;
     let at = best.length;
-    while (at > 0 && best[at - 1].value < values[id]) at--;
-    best.splice(at, 0, { id, value: values[id] });
+    while (at > 0 && values[best[at - 1]] < values[i]) at--;
+    best.splice(at, 0, i);
     if (best.length > k) best.pop();
   }
   return best;
@@ -194,14 +195,11 @@ export class Translator {
       const { outputs, cache: after } = await this.step(encoded, ids.slice(-1), cache, ids.length === 1);
       cache = after;
       const probabilities = softmax(outputs.logits.data);
-      next = eos; // the last token §6.1's limit allows ends the sentence
-      if (ids.length < encoded.limit) {
-        next = 0;
-        for (let v = 1; v < probabilities.length; v++) if (outputs.logits.data[v] > outputs.logits.data[next]) next = v;
-      }
+      const topk = topIndices(probabilities, TOP_K);
+      next = ids.length < encoded.limit ? topk[0] : eos; // the last token §6.1's limit allows ends the sentence
       ids.push(next);
       steps.push({
-        topk: topK(probabilities, TOP_K).map(({ id, value }) => ({ id, token: this.piece(id), probability: value })),
+        topk: topk.map((id) => ({ id, token: this.piece(id), probability: probabilities[id] })),
         chosen: next,
       });
       for (let i = 0; i < this.layers; i++) {
