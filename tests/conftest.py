@@ -73,6 +73,25 @@ def tiny_config(**overrides) -> VanillaTransformerConfig:
     return VanillaTransformerConfig.tiny(**{"vocab_size": 600, **overrides})
 
 
+def labelled_batch(tokenizer, pairs) -> dict:
+    """The (source, target) `pairs` as one padded batch, the labels' padding -100 (what the loss ignores)."""
+    batch = tokenizer([p[0] for p in pairs], text_target=[p[1] for p in pairs], padding=True, return_tensors="pt")
+    batch["labels"][batch["labels"] == tokenizer.pad_token_id] = -100
+    return batch
+
+
+def fit(model, batch, optimizer, steps: int, loss=lambda model, batch: model(**batch).loss) -> list[float]:
+    """`steps` optimizer steps of `model` on `batch` (by `loss`, the model's own by default): the losses."""
+    losses = []
+    for _ in range(steps):
+        value = loss(model, batch)
+        value.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(value.item())
+    return losses
+
+
 def briefly_trained(tokenizer, pairs, **overrides):
     """A tiny model trained for a few dozen steps on §5.4's label-smoothed loss, as training does: it ends sentences
     and ranks hypotheses, though not well."""
@@ -80,15 +99,11 @@ def briefly_trained(tokenizer, pairs, **overrides):
 
     torch.manual_seed(0)
     model = VanillaTransformerForConditionalGeneration(tiny_config(src_lang="de", tgt_lang="en", **overrides))
-    batch = tokenizer([p[0] for p in pairs[:64]], text_target=[p[1] for p in pairs[:64]], padding=True,
-                      return_tensors="pt")
-    batch["labels"][batch["labels"] == tokenizer.pad_token_id] = -100
+    batch = labelled_batch(tokenizer, pairs[:64])
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3, betas=(0.9, 0.98), eps=1e-9)
     tokens = (batch["labels"] != -100).sum()
-    for _ in range(200):
-        (label_smoothed_loss(model(**batch).logits, batch["labels"], 0.1) / tokens).backward()
-        optimizer.step()
-        optimizer.zero_grad()
+    fit(model, batch, optimizer, 200,
+        loss=lambda model, batch: label_smoothed_loss(model(**batch).logits, batch["labels"], 0.1) / tokens)
     return model.eval()
 
 

@@ -1,5 +1,5 @@
 import torch
-from conftest import tiny_config
+from conftest import fit, labelled_batch, tiny_config
 
 from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration
 
@@ -12,17 +12,9 @@ def test_a_tiny_model_learns_to_reproduce_a_handful_of_translations(pairs, token
     model = VanillaTransformerForConditionalGeneration(
         tiny_config(d_model=64, encoder_ffn_dim=128, decoder_ffn_dim=128, dropout=0.0)
     )
-    batch = tokenizer(sources, text_target=targets, padding=True, return_tensors="pt")
-    batch["labels"][batch["labels"] == tokenizer.pad_token_id] = -100
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3, betas=(0.9, 0.98), eps=1e-9)
     model.train()
-    losses = []
-    for _ in range(300):
-        loss = model(**batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
+    losses = fit(model, labelled_batch(tokenizer, pairs[:8]), optimizer, 300)
     assert losses[-1] < 0.01 < losses[0]
     model.eval()
     inputs = tokenizer(sources, padding=True, return_tensors="pt")

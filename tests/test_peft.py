@@ -3,7 +3,7 @@ attention layer (encoder self-attention, decoder self- and encoder-decoder atten
 and the saved adapter reloads onto the saved model to the same outputs."""
 
 import torch
-from conftest import tiny_config
+from conftest import fit, labelled_batch, tiny_config
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from transformers import AutoModelForSeq2SeqLM
 
@@ -24,17 +24,9 @@ def test_lora_on_q_proj_and_v_proj_adapts_both_everywhere_trains_and_reloads(tmp
     assert len(adapted) == 2 * attention_layers
     assert all("lora_" in name for name, p in model.named_parameters() if p.requires_grad)
 
-    batch = tokenizer([p[0] for p in pairs[:16]], text_target=[p[1] for p in pairs[:16]], padding=True,
-                      return_tensors="pt")
-    batch["labels"][batch["labels"] == tokenizer.pad_token_id] = -100
+    batch = labelled_batch(tokenizer, pairs[:16])
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    losses = []
-    for _ in range(15):
-        loss = model(**batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
+    losses = fit(model, batch, optimizer, 15)
     assert losses[-1] < losses[0] - 0.2
 
     model.eval().save_pretrained(tmp_path / "adapter")
