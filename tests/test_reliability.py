@@ -123,6 +123,26 @@ def test_a_second_run_into_the_same_folder_is_refused_and_a_dead_runs_lock_is_no
     checkpoints.lock_output_dir(output).close()  # a killed run's lock does not block
 
 
+def test_a_finished_runs_lock_does_not_outlive_it_in_a_forked_child(tmp_path):
+    """A process forked while the run held the lock (a loader worker, a compiler pool) and still alive when the run
+    releases it does not keep the folder locked."""
+    import os
+    import signal
+
+    output = tmp_path / "run"
+    lock = checkpoints.lock_output_dir(output)
+    child = os.fork()
+    if child == 0:  # holds a copy of the locked file's descriptor until killed
+        signal.pause()
+        os._exit(0)
+    try:
+        checkpoints.unlock_output_dir(lock)
+        checkpoints.unlock_output_dir(checkpoints.lock_output_dir(output))  # the next run takes it at once
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--num_beams", "0"], "--num_beams: 0 is not positive"),
     (["--max_tokens", "0"], "--max_tokens: 0 is not positive"),

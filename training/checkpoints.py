@@ -45,10 +45,10 @@ SET_ASIDE_PREFIX = "unusable-"
 
 
 def lock_output_dir(output: Path):
-    """Hold an exclusive lock on OUTPUT/.lock while the run lives (the kernel drops it when the process ends, killed
-    or not, so a stale lock never blocks); raises `RuntimeError` naming the pid of a run that holds it already. The
-    file holds the pid and a token new to this lock (`lock_holder`): a process that reads the same token sees the
-    same folder."""
+    """Hold an exclusive lock on OUTPUT/.lock while the run lives (`unlock_output_dir` releases it; the kernel drops
+    it when the process and the children it forked end, killed or not, so a stale lock never blocks); raises
+    `RuntimeError` naming the pid of a run that holds it already. The file holds the pid and a token new to this lock
+    (`lock_holder`): a process that reads the same token sees the same folder."""
     output.mkdir(parents=True, exist_ok=True)
     file = open(output / LOCK_NAME, "a+")
     if fcntl is None:
@@ -66,6 +66,15 @@ def lock_output_dir(output: Path):
     file.write(f"{os.getpid()} {uuid.uuid4().hex}")
     file.flush()
     return file
+
+
+def unlock_output_dir(lock) -> None:
+    """Release the lock `lock_output_dir` took, then close its file. Unlocked first: a process forked while the run
+    held it (a data loader worker, torch.compile's compiler pool) shares the lock and can outlive the run for a
+    moment; closing alone would leave the folder locked until the last of them ends."""
+    if fcntl is not None:
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    lock.close()
 
 
 def lock_holder(output: Path) -> str | None:

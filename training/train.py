@@ -261,7 +261,7 @@ class Run:
     def release(self) -> None:
         """Unlock the output folder."""
         if self.lock is not None:
-            self.lock.close()
+            checkpoints.unlock_output_dir(self.lock)
             self.lock = None
 
 
